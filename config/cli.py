@@ -1,0 +1,49 @@
+"""What every entry point shares: `--config` / `--set` arguments and the user-error exit path."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from config.errors import UserError
+from config.loader import load_config, render_toml
+from config.schema import Config
+
+EXIT_USER_ERROR = 2
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    parser.add_argument(
+        "--config", required=required, metavar="EDIT.toml",
+        help="the job's TOML config (see examples/edit.toml for every key)",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+        help="override a config key, e.g. --set training.steps=200 (repeatable; value read as TOML)",
+    )
+    parser.add_argument(
+        "--print-config", action="store_true",
+        help="print the resolved config (every key, with its doc) and exit",
+    )
+
+
+def config_from_args(args: argparse.Namespace, check_paths: bool = True) -> Config:
+    """Load `--config` with its `--set` overrides; with `--print-config`, print it and exit 0."""
+    cfg = load_config(args.config, args.overrides, check_paths=check_paths)
+    if getattr(args, "print_config", False):
+        print(render_toml(cfg), end="")
+        raise SystemExit(0)
+    return cfg
+
+
+def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:
+    """Run an entry point's `main`; a `UserError` becomes one line on stderr and exit code 2."""
+    try:
+        return int(main(argv) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
