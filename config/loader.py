@@ -97,13 +97,14 @@ def _resolve_paths(obj: Any, base: Path, only: set[str] | None, prefix: str = ""
             setattr(obj, name, str(p if p.is_absolute() else (base / p).resolve()))
 
 
-def _check_inputs_exist(obj: Any, origin: str, prefix: str = "") -> None:
+def _check_inputs_exist(obj: Any, origin: str, overridden: set[str], prefix: str = "") -> None:
     for name, f in _fields(obj).items():
         dotted = f"{prefix}{name}"
         if _is_section(f):
-            _check_inputs_exist(getattr(obj, name), origin, f"{dotted}.")
+            _check_inputs_exist(getattr(obj, name), origin, overridden, f"{dotted}.")
         elif f.metadata.get("path") == "in" and getattr(obj, name) and not Path(getattr(obj, name)).exists():
-            raise ConfigError(f"{origin}: {dotted} = '{getattr(obj, name)}' does not exist")
+            where = "--set" if dotted in overridden else origin
+            raise ConfigError(f"{where}: {dotted} = '{getattr(obj, name)}' does not exist")
 
 
 def _check_consistency(cfg: Config, origin: str) -> None:
@@ -170,7 +171,7 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = (), c
     if path is None:
         _resolve_paths(cfg, Path.cwd(), None)
     if check_paths:
-        _check_inputs_exist(cfg, origin)
+        _check_inputs_exist(cfg, origin, overridden)
     _check_consistency(cfg, origin)
     return cfg
 

@@ -98,6 +98,8 @@ def test_overrides_apply_typed_and_are_validated(tmp_path, monkeypatch):
         load_config(path, ["training.stepz=7"])
     with pytest.raises(ConfigError, match="expected section.key=value"):
         load_config(path, ["training.steps"])
+    with pytest.raises(ConfigError, match=r"^--set: data.mask = '.*nothere' does not exist"):
+        load_config(path, ["data.mask=nothere"])
 
 
 def test_require_lists_every_missing_key(tmp_path):
