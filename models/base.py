@@ -1,0 +1,176 @@
+"""The adapter contract: what train.py and infer.py need from a base model family.
+
+One adapter per family (models/wan.py, later models/hunyuan_video.py). Both entry points use the same
+adapter methods, so there is exactly one code path from a sample (V_condition, M_condition, V_target,
+prompt) to the transformer input.
+
+Components load one at a time (`load_vae`, `load_text_encoder`, ...) and `unload` frees them, so the
+encoders can be run, cached and dropped before the transformer is loaded.
+
+The transformer is also exposed as a list of layers whose forward takes one tuple and returns one
+tuple (`layers()`); that list is what pipeline parallelism, activation checkpointing and block offload
+work on, for every family alike. The repeated transformer blocks in it are `BlockLayer`s, whose `.block`
+is the model's own block module: block offload hooks that module, so it acts on `predict` too.
+
+Memory options: `enable_checkpointing()` (the transformer's own gradient checkpointing, for `predict`),
+`checkpoint_layers()` (per-layer checkpointing of the layer list), float8 storage (`make_adapter` with
+`transformer_dtype = "float8"`), and block offload (`engine.offload.enable_block_swap`).
+"""
+
+from __future__ import annotations
+
+import gc
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+import torch.utils.checkpoint
+from torch import nn
+
+
+@dataclass
+class Conditioning:
+    """Everything the transformer needs besides the noisy latent and the timestep, for a batch."""
+
+    cond: torch.Tensor  # family-specific extra input channels (Wan: packed mask + condition latents)
+    text: torch.Tensor  # text embeddings, padded as the model expects
+    image: torch.Tensor | None = None  # image-encoder features (Wan2.1 CLIP), None if the family has none
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
+        def mv(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t.to(device=device, dtype=dtype or t.dtype)
+
+        return Conditioning(mv(self.cond), mv(self.text), mv(self.image))
+
+
+class ModelAdapter(ABC):
+    """A base model family behind one small interface."""
+
+    #: family name as written in the config's `model.type`
+    family: str = ""
+    #: VAE compression (time, space) and latent channels, read from the loaded configs
+    temporal_compression: int = 4
+    spatial_compression: int = 8
+    #: dtype the VAE runs in (part of the latent cache key)
+    vae_dtype: torch.dtype = torch.float32
+
+    def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.components: dict[str, object] = {}
+
+    # -- components -------------------------------------------------------------------------------
+    @abstractmethod
+    def load_vae(self) -> nn.Module: ...
+
+    @abstractmethod
+    def load_text_encoder(self) -> nn.Module: ...
+
+    @abstractmethod
+    def load_image_encoder(self) -> nn.Module | None: ...
+
+    @abstractmethod
+    def load_transformer(self, device: torch.device | str | None = None) -> nn.Module:
+        """The frozen transformer (loaded once), on `device` (default: the adapter's device).
+
+        Load it on "cpu" when blocks will be offloaded: `engine.offload.enable_block_swap` then moves all but
+        the offloaded blocks to the compute device, so the whole model never has to fit there.
+        """
+
+    def unload(self, *names: str) -> None:
+        """Drop loaded components (all when no name is given) and return their memory."""
+        for name in names or list(self.components):
+            self.components.pop(name, None)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    @abstractmethod
+    def weights_identity(self, component: str | None = None) -> str:
+        """A string that changes when the weights of `component` ("vae", "text_encoder", "image_encoder",
+        "transformer"; all when None) change: cache keys depend only on the encoder that made the entry."""
+
+    @abstractmethod
+    def base_model_name(self) -> str:
+        """The base model as LoRA metadata names it (e.g. "wan2.1-i2v-14b"), read from the configs."""
+
+    def enable_checkpointing(self) -> None:
+        """Gradient checkpointing of the transformer's blocks inside `predict` (the model's own mechanism).
+
+        The layer list is checkpointed per layer instead (`checkpoint_layers`, or DeepSpeed's
+        `activation_checkpoint_interval`); use one of the two per run, not both.
+        """
+        self.load_transformer().enable_gradient_checkpointing()
+
+    # -- encoders ---------------------------------------------------------------------------------
+    @abstractmethod
+    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
+        """[B, 3, T, H, W] in [-1, 1] -> normalized latents (VAE posterior mode)."""
+
+    @abstractmethod
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Normalized latents -> [B, 3, T, H, W] in [-1, 1]."""
+
+    @abstractmethod
+    def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
+        """Prompts -> text embeddings padded as the transformer expects."""
+
+    @abstractmethod
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor | None:
+        """[B, 3, H, W] in [-1, 1] -> image-encoder features, or None for families without one."""
+
+    # -- conditioning and the transformer ---------------------------------------------------------
+    @abstractmethod
+    def pack_mask(self, m_condition: torch.Tensor, mode: str = "min") -> torch.Tensor:
+        """Pixel keep-mask [1, T, H, W] (1 = preserve) -> the family's latent mask channels."""
+
+    @abstractmethod
+    def condition_channels(self, packed_mask: torch.Tensor, cond_latents: torch.Tensor) -> torch.Tensor:
+        """Packed mask [B, ...] and condition latents [B, C, t, h, w] -> the extra input channels."""
+
+    @abstractmethod
+    def transformer_input(self, noisy: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """Noisy latents and the extra channels -> the transformer's input tensor."""
+
+    @abstractmethod
+    def predict(self, model_input: torch.Tensor, timestep: torch.Tensor, c: Conditioning) -> torch.Tensor:
+        """Velocity prediction; `timestep` in [0, 1000] as the schedulers use it."""
+
+    @abstractmethod
+    def layers(self) -> list[nn.Module]:
+        """The transformer as tuple-in/tuple-out layers: run in sequence they equal `predict`."""
+
+    @abstractmethod
+    def first_layer_input(self, model_input: torch.Tensor, timestep: torch.Tensor, c: Conditioning) -> tuple:
+        """The tuple the first of `layers()` takes."""
+
+    @abstractmethod
+    def lora_target_modules(self, train_image_kv: bool = False) -> list[str]:
+        """Names (regex or suffixes for peft) of the linears LoRA trains."""
+
+
+class BlockLayer(nn.Module):
+    """A repeated transformer block as a tuple-in/tuple-out layer; `block` is the model's own module."""
+
+    def __init__(self, block: nn.Module) -> None:
+        super().__init__()
+        self.block = block
+
+
+class CheckpointedLayer(nn.Module):
+    """Recompute a layer's activations in backward (non-reentrant checkpointing), tuple in, tuple out."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, inputs: tuple) -> tuple:
+        if not torch.is_grad_enabled():
+            return self.layer(inputs)
+        return torch.utils.checkpoint.checkpoint(self.layer, inputs, use_reentrant=False)
+
+
+def checkpoint_layers(layers: list[nn.Module], blocks_only: bool = True) -> list[nn.Module]:
+    """The layer list with each block layer (every layer when `blocks_only` is False) checkpointed."""
+    return [CheckpointedLayer(layer) if isinstance(layer, BlockLayer) or not blocks_only else layer
+            for layer in layers]
