@@ -1,6 +1,18 @@
 """Fit a mask-aware LoRA to one clip (paper Sec. 3.3).
 
-Usage: deepspeed train.py --config edit.toml   (or: python train.py --config edit.toml)
+Usage:
+  python train.py --config edit.toml                       one process (GPU, or CPU for tiny models)
+  deepspeed train.py --config edit.toml                    every GPU of this machine
+  deepspeed --hostfile hosts.txt train.py --config edit.toml   several machines (see README)
+
+Stage 1 trains on the clip itself (training.steps); stage 2, when data.reference_frames holds edited
+later frames, continues on them mixed with the clip (training.reference_steps). Outputs go to
+output_dir/name/<timestamp>/: lora.safetensors (ComfyUI/diffusers-loadable), intermediate LoRAs,
+config.toml, tensorboard/ and resumable checkpoints/.
+
+Example:
+  python train.py --config job/edit.toml --set training.steps=200
+  python train.py --config job/edit.toml --resume            # continue the newest interrupted run
 """
 
 from __future__ import annotations
@@ -10,21 +22,33 @@ import sys
 from collections.abc import Sequence
 
 from config.cli import add_config_arguments, config_from_args, run
-from config.errors import UserError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(parser)
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
+                        help="continue from a checkpoint: the newest run of this job, or the given run folder")
+    parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # set by the deepspeed launcher
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    config_from_args(args)
-    raise UserError("train.py is not implemented yet (issue 5); the config is valid")
+    cfg = config_from_args(args)
+    from engine.train_job import run_training  # heavy imports only after the config is valid
+
+    result = run_training(cfg, resume=args.resume or None, resume_requested=args.resume is not None)
+    import torch.distributed as td
+
+    if not td.is_initialized() or td.get_rank() == 0:
+        if result.interrupted:
+            print(f"interrupted at step {result.steps}; checkpoint saved. Continue with: "
+                  f"python train.py --config {args.config} --resume {result.run_dir}")
+        else:
+            print(f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}; "
+                  f"LoRA: {result.lora}")
+    return 0
 
 
 if __name__ == "__main__":
