@@ -38,13 +38,22 @@ def setup() -> Dist:
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    if "RANK" not in os.environ:  # a plain `python train.py`: a world of one
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(_free_port()))
+    alone = "RANK" not in os.environ  # a plain `python train.py`: a world of one
+    if alone:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
     import deepspeed  # imported late: DS_ACCELERATOR must be set first
 
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+    for attempt in range(5):
+        if torch.distributed.is_initialized():
+            break
+        if alone:
+            os.environ["MASTER_PORT"] = str(_free_port())
+        try:
+            deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
+        except RuntimeError as e:
+            # The free port we picked can be taken by another program before the store binds it.
+            if not alone or "address already in use" not in str(e).lower() or attempt == 4:
+                raise
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
@@ -76,3 +85,8 @@ def gather_dicts(local: dict, dst: int = 0) -> dict | None:
     for part in out:
         merged.update(part)
     return merged
+
+
+def world_size_from_env() -> int:
+    """The number of processes the launcher started (1 for a plain `python train.py`), before any setup."""
+    return int(os.environ.get("WORLD_SIZE", "1"))

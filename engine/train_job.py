@@ -75,8 +75,8 @@ def run_training(cfg: Config, resume: str | None = None, resume_requested: bool 
     from models import make_adapter
     from models.lora import add_lora, load_lora_weights_into, save_lora_state
 
+    preflight(cfg, dist_utils.world_size_from_env())
     dist = dist_utils.setup()
-    preflight(cfg, dist.world_size)
     adapter = make_adapter(cfg.model, dist.device)
     job = load_job(cfg, edited=False)
     encoded = encode_job(cfg, adapter, job, dist)
