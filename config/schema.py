@@ -125,7 +125,6 @@ class TrainingConfig:
     save_every_n_steps: int = opt(50, "Write a LoRA file every N steps (and at the end); 0: end only.", min=0)
     checkpoint_every_n_steps: int = opt(0, "Write a resumable engine checkpoint every N steps; 0: off.", min=0)
     checkpoint_every_n_minutes: float = opt(30.0, "Write a resumable checkpoint every N minutes; 0: off.", min=0.0)
-    preview_every_n_steps: int = opt(0, "Generate a preview video every N steps; 0: off.", min=0)
 
 
 @dataclass
