@@ -59,7 +59,7 @@ class DataConfig:
     )
     edited_frame: str = opt("", "The edited first frame (image).", path="in")
     reference_frames: str = opt(
-        "", "Folder of edited later frames for stage 2, named by source frame index (e.g. 24.png).",
+        "", "Folder of edited later frames for stage 2, named by job frame index (e.g. 24.png).",
         path="in",
     )
     caption: str = opt("", "Caption of the source clip, used for training.")

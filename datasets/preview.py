@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from config.loader import to_dict
@@ -24,18 +25,18 @@ from datasets.samples import Sample
 EDIT_TINT = np.array([255, 40, 40], dtype=np.float32)
 
 
-def to_uint8(video: np.ndarray) -> np.ndarray:
+def to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray:
     """float [3, T, H, W] in [-1, 1] -> uint8 [T, H, W, 3]."""
-    v = np.asarray(video, dtype=np.float32)
-    return np.clip((v.transpose(1, 2, 3, 0) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    v = torch.as_tensor(video, dtype=torch.float32)  # torch: multi-threaded, much faster than numpy here
+    return ((v.permute(1, 2, 3, 0) + 1.0) * 127.5 + 0.5).clamp_(0, 255).to(torch.uint8).numpy()
 
 
 def overlay(frames: np.ndarray, generate: np.ndarray, alpha: float = 0.45) -> np.ndarray:
     """Tint the regions to generate (bool [T, H, W]) red over uint8 frames [T, H, W, 3]."""
-    out = frames.astype(np.float32)
-    g = generate[..., None]
-    out = np.where(g, out * (1 - alpha) + EDIT_TINT * alpha, out)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+    out = frames.copy()
+    tinted = frames[generate].astype(np.float32) * (1 - alpha) + EDIT_TINT * alpha + 0.5
+    out[generate] = np.clip(tinted, 0, 255).astype(np.uint8)
+    return out
 
 
 def contact_sheet(rows: list[tuple[str, np.ndarray]], columns: int = 8, thumb_width: int = 208) -> Image.Image:
@@ -65,14 +66,14 @@ def _save_png(img: Image.Image, path: Path) -> None:
 def _write_sample(sample: Sample, source: np.ndarray, out: Path, fps: float) -> dict:
     """The three videos and the contact sheet of one sample; returns its summary entry."""
     generate = sample.m_condition[0].numpy() < 0.5
-    cond = to_uint8(sample.v_condition.numpy())
+    cond = to_uint8(sample.v_condition)
     videos = [("condition", cond), ("mask", overlay(source, generate))]
     if sample.v_target is not None:
-        videos.append(("target", to_uint8(sample.v_target.numpy())))
+        videos.append(("target", to_uint8(sample.v_target)))
     files = {}
     for label, video in videos:
         path = out / f"{sample.name}_{label}.mp4"
-        media.write_video(path, video, fps)
+        media.write_video(path, video, fps, preset="veryfast")  # a preview: speed over size
         files[label] = path.name
     sheet = out / f"{sample.name}_sheet.png"
     _save_png(contact_sheet(videos), sheet)
