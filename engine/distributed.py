@@ -28,8 +28,9 @@ class Dist:
 
 
 def _free_port() -> int:
+    # Bind on all interfaces, as the rendezvous store does: a port free only on 127.0.0.1 is no use.
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
