@@ -62,7 +62,7 @@ def render(t: float, bg: np.ndarray, color: tuple[int, int, int]) -> tuple[np.nd
     d2 = (xx - x) ** 2 + (yy - y) ** 2
     inside = d2 < r * r
     # simple shading: lighter towards the upper left, a rotating stripe shows the roll
-    shade = 1.15 - 0.5 * np.sqrt(((xx - x + 6) ** 2 + (yy - y + 6) ** 2)) / r
+    shade = 1.15 - 0.5 * np.sqrt((xx - x + 6) ** 2 + (yy - y + 6) ** 2) / r
     angle = np.arctan2(yy - y, xx - x) + x / r
     stripe = np.abs(np.sin(angle * 1.5)) < 0.25
     base = np.array(color, np.float32)
