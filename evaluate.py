@@ -1,6 +1,25 @@
 """Measure an edit: background kept, edit propagated, motion consistent.
 
-Usage: python evaluate.py --config edit.toml [--result PATH]
+Usage:
+  python evaluate.py --config edit.toml                        the job's frames, mask and edited frame vs
+                                                               infer.py's result (inference.out, else
+                                                               results/ beside the config)/result.mp4
+  python evaluate.py --config edit.toml --result a.mp4 --result b.mp4     compare several results
+  python evaluate.py --source src.mp4 --result out.mp4 --mask mask.mp4 --edited-frame edited.png
+
+Metrics, per frame and as means over frames 1..T-1 (frame 0 of a loraedit result is the edited frame):
+  background   PSNR and SSIM vs the source over the kept region (mask black) and over the whole frame;
+               SSIM's local statistics use kept pixels only, so changes inside the mask never lower it
+  edit         mean Lab color difference (dE76) and Lab-histogram distance of the edit region vs the
+               edited first frame's; CLIP similarity of the edit region's crop (with --clip-model)
+  temporal     warping error of consecutive frames with the SOURCE's optical flow (OpenCV DIS,
+               occlusions removed by a forward-backward check), next to the source's own
+  paper        Table 1 with --clip-model: CLIP score (result frames vs the edited first frame) and
+               input similarity (result frame t vs source frame t)
+Not measured: LPIPS (not implemented) and the paper's DeQA score (out of scope: it needs its own model).
+
+Writes evaluation.json (every per-frame value) and evaluation.png (per-frame plot) into --out (default: the
+first result's folder) and prints a summary table.
 """
 
 from __future__ import annotations
@@ -8,23 +27,75 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from config.cli import add_config_arguments, config_from_args, run
-from config.errors import UserError
+
+REPORT_NAME, PLOT_NAME = "evaluation.json", "evaluation.png"
+EXPLICIT_ONLY = ("source", "mask", "edited_frame", "fps", "mask_threshold")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    add_config_arguments(parser)
-    return parser
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_config_arguments(p, required=False)
+    g = p.add_argument_group("what to evaluate")
+    g.add_argument("--result", action="append", default=[], metavar="PATH",
+                   help="result video or PNG-frame folder (repeatable: one column per result). With --config, "
+                        "default: infer.py's result.mp4")
+    g = p.add_argument_group("explicit inputs (instead of --config)")
+    g.add_argument("--source", metavar="PATH", help="the source clip (video, image folder or one image)")
+    g.add_argument("--mask", metavar="PATH",
+                   help="edit mask (video, folder or one image; white = may change), resized to the frames. "
+                        "Without it the whole frame counts as edit region (no background metrics)")
+    g.add_argument("--edited-frame", metavar="IMAGE", help="the edited first frame (needed by the edit metrics "
+                                                           "and the CLIP score)")
+    g.add_argument("--fps", type=float, help="frame rate of image-folder inputs (default: 16)")
+    g.add_argument("--mask-threshold", type=float, help="mask pixels above this fraction of white are edit "
+                                                        "(default: 0.5)")
+    g = p.add_argument_group("metrics and outputs")
+    g.add_argument("--clip-model", metavar="DIR",
+                   help="local CLIP model folder (transformers CLIPModel or CLIPVisionModelWithProjection with "
+                        "its preprocessor_config.json, e.g. openai/clip-vit-large-patch14): enables the CLIP metrics")
+    g.add_argument("--include-first-frame", action="store_true",
+                   help="count frame 0 in the means (it is the edited frame under the loraedit preset)")
+    g.add_argument("--out", metavar="DIR", help=f"where {REPORT_NAME} and {PLOT_NAME} go (default: the first "
+                                                "result's folder)")
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    config_from_args(args)
-    raise UserError("evaluate.py is not implemented yet (issue 9); the config is valid")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if bool(args.config) == bool(args.source):
+        parser.error("give either --config EDIT.toml or --source PATH (with --result)")
+    if args.config:
+        given = [f"--{n.replace('_', '-')}" for n in EXPLICIT_ONLY if getattr(args, n) is not None]
+        if given:
+            parser.error(f"{', '.join(given)}: with --config the inputs come from the config (use --set data.KEY=...)")
+    elif not args.result:
+        parser.error("--source needs --result PATH")
+
+    from engine.evaluate_job import evaluate, inputs_from_config, inputs_from_paths
+    from engine.evaluate_plot import draw_plot
+    from engine.evaluate_report import summary_text, write_json
+    from engine.generate import one_line_warnings, quiet_torchvision_notice
+
+    quiet_torchvision_notice()
+    with one_line_warnings():
+        if args.config:
+            inputs = inputs_from_config(config_from_args(args, check_paths=False), args.result)
+        else:
+            inputs = inputs_from_paths(args.source, args.result, args.mask, args.edited_frame,
+                                       fps=args.fps or 16.0, threshold=0.5 if args.mask_threshold is None
+                                       else args.mask_threshold)
+        report = evaluate(inputs, args.clip_model, args.include_first_frame)
+        out = Path(args.out) if args.out else inputs.results[0].path.resolve().parent
+        files = {"report": out / REPORT_NAME, "plot": out / PLOT_NAME}
+        report["files"] = {k: str(v) for k, v in files.items()}
+        draw_plot(report, files["plot"])
+        write_json(report, files["report"])
+    print(summary_text(report, files))
+    return 0
 
 
 if __name__ == "__main__":

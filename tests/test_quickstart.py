@@ -30,3 +30,4 @@ def test_quickstart_runs_end_to_end(tmp_path, tiny_wan_diffusers):
     (lora,) = (out / "runs").glob("*/*/lora.safetensors")
     assert load_file(lora) and (lora.parent / "lora_stage1.safetensors").exists()  # stage 2 ran after stage 1
     assert (out / "job" / "preview" / "summary.json").exists()
+    assert (out / "result" / "evaluation.json").exists() and (out / "result" / "evaluation.png").exists()
