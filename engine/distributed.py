@@ -1,15 +1,17 @@
 """Process-group setup for one process (`python train.py`) or many (`deepspeed train.py`, hostfiles).
 
 DeepSpeed's launcher sets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT; a plain
-`python train.py` gets the same variables for a world of one, so there is a single code path.
+`python train.py` is a world of one with a file rendezvous (no port), and the same code path after that.
 CPU-only machines use the gloo backend (DS_ACCELERATOR=cpu), GPUs use nccl.
 """
 
 from __future__ import annotations
 
 import os
-import socket
+import tempfile
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -27,34 +29,29 @@ class Dist:
         return self.rank == 0
 
 
-def _free_port() -> int:
-    # Bind on all interfaces, as the rendezvous store does: a port free only on 127.0.0.1 is no use.
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
-
-
 def setup() -> Dist:
     """Initialise torch.distributed through DeepSpeed; returns this process's place and device."""
     cuda = torch.cuda.is_available()
     if not cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    alone = "RANK" not in os.environ  # a plain `python train.py`: a world of one
+    # A plain `python train.py`: a world of one. Only LOCAL_RANK (which DeepSpeed's engine reads) goes into
+    # os.environ: child processes, such as a test's train.py runs, must not inherit a rendezvous.
+    alone = "RANK" not in os.environ
     if alone:
-        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("LOCAL_RANK", "0")
     import deepspeed  # imported late: DS_ACCELERATOR must be set first
 
-    for attempt in range(5):
-        if torch.distributed.is_initialized():
-            break
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if cuda else "gloo"
         if alone:
-            os.environ["MASTER_PORT"] = str(_free_port())
-        try:
-            deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", verbose=False)
-        except RuntimeError as e:
-            # The free port we picked can be taken by another program before the store binds it.
-            if not alone or "address already in use" not in str(e).lower() or attempt == 4:
-                raise
+            # A file rendezvous needs no TCP port: a port picked as free can still be taken (TIME_WAIT,
+            # other programs) by the time the store binds it.
+            store = Path(tempfile.gettempdir()) / f"lora-edit-rendezvous-{os.getpid()}-{time.time_ns()}"
+            deepspeed.init_distributed(dist_backend=backend, init_method=f"file://{store}", rank=0, world_size=1,
+                                       auto_mpi_discovery=False,
+                                       verbose=False)
+        else:
+            deepspeed.init_distributed(dist_backend=backend, verbose=False)
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
