@@ -17,11 +17,9 @@ It prints the calls per encoder against the number of distinct inputs, and the p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,61 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
-# Component sizes (the fixture's in brackets). Real Wan2.1-I2V-14B: transformer 16.4 B params, umT5 5.7 B,
-# CLIP ViT-H 0.6 B: the transformer dominates, then the text encoder.
-T5 = dict(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_decoder_layers=6, num_heads=8)  # [24, 12, 48, 2]
-CLIP = dict(hidden_size=480, intermediate_size=1920, num_hidden_layers=6, num_attention_heads=6)  # [160, 640, 3]
-TRANSFORMER = dict(num_attention_heads=6, attention_head_dim=128, ffn_dim=3072, num_layers=8)  # [2 x 16, 64, 2]
-
-
-def rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-class PeakRSS:
-    """Peak RSS inside a `with` block, sampled by a background thread."""
-
-    def __init__(self, interval: float = 0.002) -> None:
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss())
-            time.sleep(self.interval)
-
-    def __enter__(self) -> PeakRSS:
-        self.peak = rss()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss())
-
-
-@contextlib.contextmanager
-def larger_tiny_config():
-    """Make tools.make_tiny_model build the larger model (its sizes are module constants)."""
-    import tools.make_tiny_model as tm
-
-    saved = {k: dict(getattr(tm, k)) for k in ("TINY_T5", "TINY_CLIP", "TINY_TRANSFORMER")}
-    shard = tm.MAX_SHARD
-    tm.TINY_T5.update(T5)
-    tm.TINY_CLIP.update(CLIP)
-    tm.TINY_TRANSFORMER.update(TRANSFORMER, text_dim=T5["d_model"], image_dim=CLIP["hidden_size"],
-                               added_kv_proj_dim=TRANSFORMER["num_attention_heads"] * TRANSFORMER["attention_head_dim"])
-    tm.MAX_SHARD = "2GB"
-    try:
-        yield tm
-    finally:
-        for k, v in saved.items():
-            getattr(tm, k).clear()
-            getattr(tm, k).update(v)
-        tm.MAX_SHARD = shard
+from benchmarks.common import PeakRSS, build_larger_tiny, mb, rss  # noqa: E402
 
 
 def job_samples() -> list:
@@ -127,10 +71,6 @@ def count_calls(adapter) -> Counter:
     return calls
 
 
-def mb(n: float) -> str:
-    return f"{n / 2**20:8.0f} MB"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=3, help="training steps to measure (default 3)")
@@ -148,11 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = args.keep or Path(tmp)
         model_dir = root / "wan-bench"
-        if not (model_dir / "model_index.json").exists():
-            t0 = time.time()
-            with larger_tiny_config() as tm:
-                tm.build_tiny_wan(model_dir, "diffusers", overwrite=True)
-            print(f"built the benchmark model in {time.time() - t0:.0f}s: {model_dir}")
+        t0 = time.time()
+        build_larger_tiny(model_dir)
+        print(f"benchmark model ready in {time.time() - t0:.0f}s: {model_dir}")
         sizes = {name: sum(f.stat().st_size for f in (model_dir / name).glob("*.safetensors"))
                  for name in ("transformer", "text_encoder", "image_encoder", "vae")}
         samples = job_samples()

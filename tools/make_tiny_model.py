@@ -9,6 +9,7 @@ to the same model.
 from __future__ import annotations
 
 import argparse
+import copy
 import io
 import json
 import math
@@ -16,7 +17,9 @@ import random
 import shutil
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 import torch
@@ -65,12 +68,58 @@ TINY_VAE = dict(base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2, a
 SCHEDULER = dict(num_train_timesteps=1000, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0,
                  solver_order=2, solver_type="bh2", timestep_spacing="linspace", final_sigmas_type="zero")
 # The real transformer is sharded (14 files in the diffusers repo, 7 in the original): shard the tiny one too.
-MAX_SHARD = "150KB"
+# This is the shard size of the default sizes; a larger build gets shards of a third of its transformer.
+MAX_SHARD = 150_000  # bytes ("150KB")
+SHARDS = 3
+# `sizes` sections of build_tiny_wan -> the defaults they override.
+SIZE_DEFAULTS = {"transformer": TINY_TRANSFORMER, "t5": TINY_T5, "clip": TINY_CLIP, "xlmr": TINY_XLMR, "vae": TINY_VAE}
+# Set by the I2V channel layout (16 noisy + 4 mask + 16 condition latents) and diffusers' VAE converter.
+FIXED_SIZES = {"transformer": ("in_channels", "out_channels"), "vae": ("z_dim", "dim_mult", "num_res_blocks")}
 _WORDS = ("a the of and in on with to is at from by person man woman child dog cat bird horse car bike street road "
           "city park forest beach sea river sky cloud sun light shadow night day red blue green yellow black white "
           "jacket shirt dress hat necklace glasses bag ball cup table chair window door wall tree flower grass snow "
           "rain water fire smoke walks runs jumps turns looks holds wears sits stands dances smiles camera slow fast "
           "close wide shot frame video motion static bright dark detail quality blurry low worst ugly style").split()
+
+
+# ------------------------------------------------------------------------------------------ sizes
+
+Sizes = dict[str, dict[str, Any]]
+
+
+def resolve_sizes(overrides: Mapping[str, Mapping[str, Any]] | None = None) -> Sizes:
+    """The component configs of one build: the TINY_* defaults (copied, never changed) updated by
+    ``overrides`` ({"transformer": {...}, "t5": {...}, "clip": {...}, "xlmr": {...}, "vae": {...}}).
+
+    The transformer's dependent widths follow: text_dim = t5 d_model, image_dim = clip hidden_size,
+    added_kv_proj_dim = heads x head_dim. Unknown sections or keys, fixed keys (FIXED_SIZES) and a
+    dependent width that contradicts its source raise ValueError.
+    """
+    if not isinstance(overrides or {}, Mapping) or not all(isinstance(v, Mapping) for v in (overrides or {}).values()):
+        raise ValueError(f"sizes must map section names to dicts of config keys, not {overrides!r}")
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(SIZE_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown sizes section(s) {sorted(unknown)}; valid: {sorted(SIZE_DEFAULTS)}")
+    sizes: Sizes = {}
+    for section, defaults in SIZE_DEFAULTS.items():
+        given = dict(overrides.get(section) or {})
+        bad = sorted(set(given) - set(defaults))
+        if bad:
+            raise ValueError(f"sizes[{section!r}]: unknown key(s) {bad}; valid: {sorted(defaults)}")
+        fixed = sorted(k for k in FIXED_SIZES.get(section, ()) if k in given and given[k] != defaults[k])
+        if fixed:
+            raise ValueError(f"sizes[{section!r}]: {fixed} are fixed by the Wan2.1-I2V layout")
+        sizes[section] = {**copy.deepcopy(defaults), **given}
+    t = sizes["transformer"]
+    derived = {"text_dim": sizes["t5"]["d_model"], "image_dim": sizes["clip"]["hidden_size"],
+               "added_kv_proj_dim": t["num_attention_heads"] * t["attention_head_dim"]}
+    given = overrides.get("transformer") or {}
+    clash = {k: (given[k], v) for k, v in derived.items() if k in given and given[k] != v}
+    if clash:
+        raise ValueError(f"sizes['transformer']: {clash} (given, implied) contradict the other components")
+    t.update(derived)
+    return sizes
 
 
 # ------------------------------------------------------------------------------------------ tokenizers
@@ -125,12 +174,13 @@ def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
             param.copy_(_fill(name, param.shape, gen))
 
 
-def _textual_tower(vocab: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+def _textual_tower(vocab: int, gen: torch.Generator, sizes: Sizes) -> dict[str, torch.Tensor]:
     """CLIP text tower keys of Wan's XLMRobertaWithHead (wan/modules/xlm_roberta.py, clip.py); loaders skip it."""
-    d, out = TINY_XLMR["dim"], TINY_CLIP["projection_dim"]
+    xlmr = sizes["xlmr"]
+    d, out = xlmr["dim"], sizes["clip"]["projection_dim"]
     shapes = {"textual.token_embedding.weight": (vocab, d), "textual.type_embedding.weight": (1, d),
-              "textual.pos_embedding.weight": (TINY_XLMR["max_text_len"], d)}
-    for i in range(TINY_XLMR["layers"]):
+              "textual.pos_embedding.weight": (xlmr["max_text_len"], d)}
+    for i in range(xlmr["layers"]):
         b = f"textual.blocks.{i}."
         for n in "qkvo":
             shapes.update({f"{b}attn.{n}.weight": (d, d), f"{b}attn.{n}.bias": (d,)})
@@ -144,24 +194,26 @@ def _textual_tower(vocab: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
 
 
 class TinyWan:
-    """All components of one tiny Wan2.1-I2V model, built from a seed (weights in fp32)."""
+    """All components of one tiny Wan2.1-I2V model, built from a seed (weights in fp32); `sizes` from
+    `resolve_sizes` (default: the TINY_* constants)."""
 
-    def __init__(self, seed: int, work: Path) -> None:
+    def __init__(self, seed: int, work: Path, sizes: Sizes | None = None) -> None:
+        self.sizes = sizes = sizes or resolve_sizes()
         self.tokenizer, self.clip_tokenizer, self.t5_spm, self.xlmr_spm = _tokenizers(work)
         gen = torch.Generator().manual_seed(seed)
-        self.transformer = WanTransformer3DModel(**TINY_TRANSFORMER)
-        self.vae = AutoencoderKLWan(**TINY_VAE)
+        self.transformer = WanTransformer3DModel(**sizes["transformer"])
+        self.vae = AutoencoderKLWan(**sizes["vae"])
         vocab = 64 * math.ceil(len(self.tokenizer) / 64)  # padded past the tokenizer, like 256384 > 256300
-        self.text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=vocab, **TINY_T5))
-        self.image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_CLIP))
+        self.text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=vocab, **sizes["t5"]))
+        self.image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**sizes["clip"]))
         for model in (self.transformer, self.vae, self.text_encoder, self.image_encoder):
             _randomize(model, gen)
             model.eval()
         with torch.no_grad():  # the original .pth is bf16: keep both layouts bit-identical
             for p in self.text_encoder.parameters():
                 p.copy_(p.to(torch.bfloat16).float())
-        self.textual = _textual_tower(len(self.clip_tokenizer), gen)
-        size = TINY_CLIP["image_size"]
+        self.textual = _textual_tower(len(self.clip_tokenizer), gen, sizes)
+        size = sizes["clip"]["image_size"]
         self.image_processor = CLIPImageProcessor(
             do_resize=True, size={"shortest_edge": size}, resample=3, do_center_crop=True,
             crop_size={"height": size, "width": size}, do_rescale=True, do_normalize=True, do_convert_rgb=True,
@@ -170,7 +222,7 @@ class TinyWan:
 
     def original_config(self) -> dict:
         """The original release's config.json keys (WanModel); text_dim / CLIP width are not in it."""
-        t = TINY_TRANSFORMER
+        t = self.sizes["transformer"]
         dim = t["num_attention_heads"] * t["attention_head_dim"]
         return {"_class_name": "WanModel", "_diffusers_version": "0.30.0", "dim": dim, "eps": t["eps"],
                 "ffn_dim": t["ffn_dim"], "freq_dim": t["freq_dim"], "in_dim": t["in_channels"], "model_type": "i2v",
@@ -201,13 +253,20 @@ def _write_diffusers(m: TinyWan, out: Path, dtype: torch.dtype) -> Path:
         image_processor=m.image_processor, image_encoder=m.image_encoder, transformer=m.transformer)
     pipe.save_pretrained(out, safe_serialization=True)
     (out / "transformer" / "diffusion_pytorch_model.safetensors").unlink()
-    m.transformer.save_pretrained(out / "transformer", safe_serialization=True, max_shard_size=MAX_SHARD)
+    shard = _shard_size(m.transformer)
+    m.transformer.save_pretrained(out / "transformer", safe_serialization=True, max_shard_size=shard)
     (out / "tokenizer" / "spiece.model").write_bytes(m.t5_spm)  # the real folder ships it beside tokenizer.json
     # Without torchvision transformers saves the PIL variant's name; the real repo (and loading) says this one.
     index = json.loads((out / "model_index.json").read_text())
     index["image_processor"] = ["transformers", "CLIPImageProcessor"]
     (out / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return out
+
+
+def _shard_size(model: torch.nn.Module) -> int:
+    """MAX_SHARD, or a third of a larger model, so a larger build still writes about SHARDS files."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    return max(MAX_SHARD, math.ceil(total / SHARDS))
 
 
 def _save_tokenizers(m: TinyWan, out: Path) -> None:
@@ -260,9 +319,12 @@ def _write_single_file(m: TinyWan, out: Path, dtype: str, prefixed: bool) -> Pat
 
 
 def build_tiny_wan(out_dir: str | Path, layout: str, seed: int = 0, dtype: str = "fp32", prefixed: bool = False,
-                   overwrite: bool = False) -> Path:
+                   overwrite: bool = False, sizes: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
     """Write a tiny Wan2.1-I2V model in ``layout`` to ``out_dir`` atomically; return the folder (the file for
     single-file). ``dtype`` applies to the transformer; fp8 (e4m3fn) only exists for single-file.
+
+    ``sizes`` overrides component configs for this build only, e.g. ``{"transformer": {"num_layers": 8},
+    "t5": {"d_model": 512}}`` (see `resolve_sizes`; the module's TINY_* defaults are never changed).
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
@@ -270,6 +332,12 @@ def build_tiny_wan(out_dir: str | Path, layout: str, seed: int = 0, dtype: str =
         raise ValueError(f"dtype must be one of {tuple(DTYPES)}, not {dtype!r}")
     if dtype == "fp8" and layout != "single-file":
         raise ValueError("fp8 storage exists only for the single-file layout")
+    resolved = resolve_sizes(sizes)
+    clip = resolved["clip"]
+    if layout == "original" and clip["hidden_size"] != 80 * clip["num_attention_heads"]:
+        # The CLIP .pth has no head count: loaders read it off the width, assuming ViT-H-14's head width 80.
+        raise ValueError(f"the original layout needs a CLIP head width of 80, not "
+                         f"{clip['hidden_size']} / {clip['num_attention_heads']} heads")
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty (overwrite=True / --force replaces it)")
@@ -278,7 +346,7 @@ def build_tiny_wan(out_dir: str | Path, layout: str, seed: int = 0, dtype: str =
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         with tempfile.TemporaryDirectory() as work:
-            m = TinyWan(seed, Path(work))
+            m = TinyWan(seed, Path(work), resolved)
         stage = tmp / "model"
         if layout == "diffusers":
             result = _write_diffusers(m, stage, DTYPES[dtype])
@@ -294,6 +362,13 @@ def build_tiny_wan(out_dir: str | Path, layout: str, seed: int = 0, dtype: str =
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / result.relative_to(stage)
+
+
+def _json_object(text: str) -> dict:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e})") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,14 +399,19 @@ def main(argv: list[str] | None = None) -> int:
                              "single-file only; other components keep the real files' dtypes)")
     parser.add_argument("--prefix", action="store_true", help="single-file: prefix keys with 'model.diffusion_model.'")
     parser.add_argument("--force", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--sizes", type=_json_object, metavar="JSON",
+                        help="component config overrides, e.g. '{\"transformer\": {\"num_layers\": 4}}' "
+                             "(sections: " + ", ".join(SIZE_DEFAULTS) + "; text_dim, image_dim and "
+                             "added_kv_proj_dim follow the other components)")
     args = parser.parse_args(argv)
     if args.dtype == "fp8" and args.layout != "single-file":
         parser.error("--dtype fp8 exists only for --layout single-file")
     if args.prefix and args.layout != "single-file":
         parser.error("--prefix applies only to --layout single-file")
     try:
-        path = build_tiny_wan(args.out, args.layout, args.seed, args.dtype, args.prefix, overwrite=args.force)
-    except FileExistsError as e:
+        path = build_tiny_wan(args.out, args.layout, args.seed, args.dtype, args.prefix, overwrite=args.force,
+                              sizes=args.sizes)
+    except (FileExistsError, ValueError) as e:
         parser.error(str(e))
     print(path)
     return 0
