@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import tomli_w
 import tomllib
 
+from config.atomic import write_atomic
 from config.errors import ConfigError
 from config.schema import Config
 
@@ -235,14 +235,4 @@ def _doc_line(name: str, f: dataclasses.Field, value: Any) -> str:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> Path:
     """Write the resolved config atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(render_toml(cfg))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, render_toml(cfg))

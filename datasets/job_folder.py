@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from config.atomic import swap_in, temp_sibling, write_atomic
 from config.errors import UserError
 from datasets import media
 from datasets.media import MediaError
@@ -48,35 +47,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary name in the same folder, then rename into place."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_png(path: Path, img: np.ndarray) -> None:
     """One uint8 RGB image as PNG, atomically."""
     ok, buf = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
     if not ok:
         raise MediaError(f"{path}: cannot encode PNG")
     write_atomic(path, buf.tobytes())
-
-
-def swap_in(tmp: Path, dest: Path) -> None:
-    """Replace folder `dest` by folder `tmp` with two renames (the old one is deleted afterwards)."""
-    old = dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.old")
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def temp_sibling(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.{uuid.uuid4().hex[:8]}.partial")
 
 
 def write_png_folder(folder: Path, images: dict[str, np.ndarray]) -> None:

@@ -21,8 +21,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing
@@ -35,6 +33,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps
 
+from config.atomic import atomic_path
 from config.errors import UserError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
@@ -564,11 +563,9 @@ def write_video(
     the same folder and moved into place, so a failure never leaves a partial file."""
     path = Path(path)
     frames = _even_frames(np.asarray(frames))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.partial{path.suffix or '.mp4'}")
     fmt = "mp4" if path.suffix.lower() in ("", ".mp4", ".m4v") else None
     rate = Fraction(fps).limit_denominator(1001)
-    try:
+    with atomic_path(path) as tmp:
         with av.open(str(tmp), "w", format=fmt, options={"movflags": "+faststart"}) as out:
             stream = out.add_stream("libx264", rate=rate)
             stream.height, stream.width = frames.shape[1:3]
@@ -583,10 +580,6 @@ def write_video(
                 f.time_base = 1 / rate
                 out.mux(stream.encode(f))
             out.mux(stream.encode(None))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_png_sequence(folder: str | os.PathLike, frames: np.ndarray, start_index: int = 0) -> list[Path]:
@@ -601,24 +594,12 @@ def write_png_sequence(folder: str | os.PathLike, frames: np.ndarray, start_inde
         foreign = [p.name for p in folder.iterdir() if not _PNG_NAME.match(p.name)] if folder.is_dir() else ["(a file)"]
         if foreign:
             raise MediaError(f"{folder}: exists and holds other files ({', '.join(foreign[:3])}); not replacing")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.partial")
-    tmp.mkdir()  # plain mkdir honours the umask (mkdtemp would leave the output 0700)
-    try:
-        names = []
+    names = []
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()  # plain mkdir honours the umask (mkdtemp would leave the output 0700)
         for i, arr in enumerate(frames):
             p = tmp / f"{start_index + i:05d}.png"
             if not cv2.imwrite(str(p), cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)):
                 raise MediaError(f"{p}: cannot write PNG")
             names.append(folder / p.name)
-        old = None
-        if folder.exists():  # move the old output aside so the swap is two renames
-            old = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.old")
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-        return names
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    return names

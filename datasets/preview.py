@@ -8,14 +8,13 @@ fps, mask coverage per frame and the number of samples per mode.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from config.atomic import atomic_path, write_atomic
 from config.loader import to_dict
 from config.schema import Config
 from datasets import media
@@ -54,13 +53,8 @@ def contact_sheet(rows: list[tuple[str, np.ndarray]], columns: int = 8, thumb_wi
 
 
 def _save_png(img: Image.Image, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def _write_sample(sample: Sample, source: np.ndarray, out: Path, fps: float) -> dict:
@@ -106,8 +100,5 @@ def write_preview(cfg: Config, job: Job, out: str | Path) -> dict:
         "training_mode": cfg.training.mode, "low_cost": cfg.training.low_cost,
         "samples": entries, "config": to_dict(cfg),
     }
-    fd, tmp = tempfile.mkstemp(prefix=".summary.", suffix=".json", dir=out)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(summary, fh, indent=1)
-    os.replace(tmp, out / "summary.json")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=1))
     return summary

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
+
+from config.atomic import atomic_path
 
 WIDTH, PANEL_H, HEADER_H = 1200, 230, 78
 LEFT, RIGHT, TOP_PAD, BOTTOM_PAD = 86, 24, 30, 38
@@ -198,14 +199,6 @@ def draw_plot(report: dict, path: str | os.PathLike) -> Path:
     for i, c in enumerate(warp):
         p.series(pair_x, c, COLORS[i % len(COLORS)])
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
+
+from config.atomic import write_atomic
 
 # (group, key, label, better, format): the rows of the summary table, in order
 ROWS = (
@@ -58,17 +59,7 @@ def _dumps(x: object, indent: int = 0) -> str:
 
 def write_json(report: dict, path: str | os.PathLike) -> Path:
     """Write the report atomically (temp file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(_dumps(jsonable(report)) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, _dumps(jsonable(report)) + "\n")
 
 
 def _fmt(value: float | None, fmt: str) -> str:

@@ -1,0 +1,66 @@
+"""Atomic file output: every writer in the project goes through here, so a crash, Ctrl-C or a full disk
+never leaves a half-written file or folder under the name a user (or a later run) will read.
+
+The pattern is always the same: write to a hidden sibling in the same folder (same file system, so
+the final rename is atomic), then rename it over the destination; on failure remove the sibling.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+def temp_sibling(dest: str | os.PathLike, tag: str = "partial") -> Path:
+    """A unique hidden name beside `dest` that keeps its suffix (some writers pick the format from it)."""
+    dest = Path(dest)
+    return dest.with_name(f".{dest.stem}.{uuid.uuid4().hex[:8]}.{tag}{dest.suffix}")
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write a file (or a folder) to; it replaces `dest` when the block succeeds.
+
+    A folder replaces an existing `dest` folder with two renames (the old one is deleted afterwards).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_sibling(dest)
+    try:
+        yield tmp
+        swap_in(tmp, dest)
+    finally:
+        _remove(tmp)  # no-op after a successful swap
+
+
+def write_atomic(dest: str | os.PathLike, data: bytes | str) -> Path:
+    """Write bytes (or UTF-8 text) to `dest` atomically."""
+    with atomic_path(dest) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+    return Path(dest)
+
+
+def swap_in(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Move `tmp` (file or folder) to `dest`; an existing folder `dest` is moved aside first, then deleted."""
+    tmp, dest = Path(tmp), Path(dest)
+    if tmp.is_dir() and dest.is_dir():
+        old = temp_sibling(dest, "old")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
