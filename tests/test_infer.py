@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import moving_square
 
 from config import load_config
 from config.schema import WAN_NEGATIVE_PROMPT
@@ -37,17 +38,7 @@ TARGETS = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to
 
 def render() -> tuple[np.ndarray, np.ndarray]:
     """A gradient with a yellow square moving right; the mask covers the square with a margin."""
-    yy, xx = np.mgrid[0:H, 0:W]
-    bg = np.stack([xx * 255 // W, yy * 255 // H, np.full_like(xx, 160)], -1).astype(np.uint8)
-    frames, masks = [], []
-    for i in range(T):
-        f, m = bg.copy(), np.zeros((H, W), bool)
-        x = 6 + 3 * i
-        f[10:22, x:x + 12] = (250, 250, 40)
-        m[8:24, x - 2:x + 14] = True
-        frames.append(f)
-        masks.append(m)
-    return np.stack(frames), np.stack(masks)
+    return moving_square(T, W, H, top=10, side=12, x0=6, step=3, margin=2)
 
 
 @pytest.fixture(scope="module")

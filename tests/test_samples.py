@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import moving_square
 
 from config import load_config
 from datasets import media
@@ -116,17 +117,7 @@ def test_join_prompt():
 
 def render(t: int, w: int = 96, h: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """A gradient background with a square moving right; returns frames and the square's mask."""
-    yy, xx = np.mgrid[0:h, 0:w]
-    bg = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 160)], -1).astype(np.uint8)
-    frames, masks = [], []
-    for i in range(t):
-        f, m = bg.copy(), np.zeros((h, w), bool)
-        x = 8 + 2 * i
-        f[20:40, x:x + 20] = (250, 250, 40)
-        m[20:40, x:x + 20] = True
-        frames.append(f)
-        masks.append(m)
-    return np.stack(frames), np.stack(masks)
+    return moving_square(t, w, h, top=20, side=20, x0=8, step=2)
 
 
 @pytest.fixture()

@@ -17,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from synthetic import moving_square
 
 from config import load_config
 from datasets import media
@@ -26,17 +27,7 @@ DEEPSPEED = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or 
 
 
 def render(t: int, w: int = 64, h: int = 48) -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:h, 0:w]
-    bg = np.stack([xx * 255 // w, yy * 255 // h, np.full_like(xx, 160)], -1).astype(np.uint8)
-    frames, masks = [], []
-    for i in range(t):
-        f, m = bg.copy(), np.zeros((h, w), bool)
-        x = 4 + 2 * i
-        f[12:28, x:x + 16] = (250, 250, 40)
-        m[12:28, x:x + 16] = True
-        frames.append(f)
-        masks.append(m)
-    return np.stack(frames), np.stack(masks)
+    return moving_square(t, w, h, top=12, side=16, x0=4, step=2)
 
 
 @pytest.fixture(scope="module")
