@@ -8,9 +8,10 @@ Example (a 1920x1080 30 fps clip whose first frame you recoloured in an image ed
       --model ~/models/Wan2.1-I2V-14B-480P-Diffusers --out jobs/jacket
   python train.py --config jobs/jacket/edit.toml
 
-The job gets 49 frames at 16 fps from --start (4k+1 frames: the VAE needs it), fitted to 832x480
-(480x832 for portrait clips; --size to change, --resize-mode crop|pad). Export the edited frame from
-the source's first frame at the source's resolution (or at the job's size); `--start 2.5` means the
+The job gets 49 frames from --start (4k+1 frames: the VAE needs it) at the model's rate and size: Wan
+16 fps, 832x480 (480x832 portrait); HunyuanVideo-I2V (detected from --model, or --set
+model.type=hunyuan_video) 24 fps, 624x368. --fps and --size change them, --resize-mode crop|pad.
+Export the edited frame from the source's first frame at the source's resolution (or at the job's size); `--start 2.5` means the
 frame on screen at 2.5 s.
 
 Where the video may change (white = may change), one of:
@@ -27,8 +28,8 @@ Where the video may change (white = may change), one of:
 
 Edited later frames (stage 2 of training): --reference-frames DIR, each file named by the source frame
 it edits - its number counted from 0 at the start of the source (120.png, frame_0120.jpg) or its time
-in seconds (t=7.5s.png). They are stored as JOB/reference/<job frame>.png; a source frame the 16 fps
-job skips is matched to the nearest job frame (with a warning).
+in seconds (t=7.5s.png). They are stored as JOB/reference/<job frame>.png; a source frame the
+job's rate skips is matched to the nearest job frame (with a warning).
 
 Captions: --caption / --edited-caption, or --caption-file (line 1: the source, line 2: the edit), or
 --caption-model DIR (a local transformers Florence-2, e.g. florence-community/Florence-2-large, which
@@ -102,9 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--quiet", action="store_true", help="no progress bars")
     w = p.add_argument_group("frames")
     w.add_argument("--frames", type=int, default=49, help="frames in the job, 4k+1 (default 49)")
-    w.add_argument("--fps", type=float, default=16.0, help="the job's frame rate (Wan: 16)")
+    w.add_argument("--fps", type=float, default=0.0,
+                   help="the job's frame rate (default: the model's, Wan 16, HunyuanVideo 24)")
     w.add_argument("--start", type=float, default=0.0, metavar="SECONDS", help="start of the window in the source")
-    w.add_argument("--size", type=_size, metavar="WxH", help="job size, multiples of 16 (default 832x480 / 480x832)")
+    w.add_argument("--size", type=_size, metavar="WxH",
+                   help="job size, multiples of 16 (default: the model's, Wan 832x480 / 480x832, "
+                   "HunyuanVideo 624x368 / 368x624)")
     w.add_argument("--resize-mode", choices=("crop", "pad"), default="crop", help="fit the source by crop or pad")
     w.add_argument("--source-fps", type=float, metavar="FPS", help="frame rate of a folder of frames (default --fps)")
     m = p.add_argument_group("mask")

@@ -19,7 +19,7 @@ import tomllib
 
 from config.atomic import write_atomic
 from config.errors import ConfigError
-from config.schema import Config
+from config.schema import FAMILY_DEFAULTS, Config
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
 
@@ -119,6 +119,8 @@ def _check_consistency(cfg: Config, origin: str) -> None:
             raise ConfigError(f"{origin}: data.{key} = {v} is not a multiple of 16; use {v // 16 * 16 or 16}")
     if (d.width == 0) != (d.height == 0):
         raise ConfigError(f"{origin}: set both data.width and data.height, or neither (automatic size)")
+    if 0 < d.fps < 1:
+        raise ConfigError(f"{origin}: data.fps = {d.fps} is below 1; use 0 for the model's rate")
     if t.min_t >= t.max_t:
         raise ConfigError(f"{origin}: training.min_t ({t.min_t}) must be below training.max_t ({t.max_t})")
     if (t.clip_frames - 1) % 4:
@@ -173,6 +175,8 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = (), c
     if check_paths:
         _check_inputs_exist(cfg, origin, overridden)
     _check_consistency(cfg, origin)
+    if cfg.data.fps == 0:  # resolved here so every reader (and the saved run config) sees the real rate
+        cfg.data.fps = FAMILY_DEFAULTS[cfg.model.type].fps
     return cfg
 
 

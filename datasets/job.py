@@ -75,7 +75,8 @@ def load_source(cfg: Config) -> tuple[np.ndarray, np.ndarray, FitParams, float]:
             have = media.count_target_frames(clip.timestamps, d.fps, d.start, clip.end_time)
             raise _too_short(path, d, have) from None
         frames, src_times = clip.frames[idx], clip.timestamps[idx]
-    width, height = (d.width, d.height) if d.width else media.default_size(frames.shape[2], frames.shape[1])
+    src_h, src_w = frames.shape[1:3]
+    width, height = (d.width, d.height) if d.width else media.default_size(src_w, src_h, cfg.model.type)
     fitted, fit = media.fit_size(frames, width, height, d.resize_mode)
     return fitted, src_times, fit, clip.fps
 

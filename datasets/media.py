@@ -35,6 +35,7 @@ from PIL import Image, ImageOps
 
 from config.atomic import atomic_path
 from config.errors import UserError
+from config.schema import FAMILY_DEFAULTS
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp")
 DEFAULT_NUM_FRAMES = 49
@@ -468,9 +469,10 @@ class FitParams:
         return self.resized[0] / self.src_size[0]
 
 
-def default_size(src_w: int, src_h: int) -> tuple[int, int]:
-    """Wan's 480P training sizes: 832x480 for landscape (and square), 480x832 for portrait."""
-    return (832, 480) if src_w >= src_h else (480, 832)
+def default_size(src_w: int, src_h: int, family: str = "wan") -> tuple[int, int]:
+    """The model family's training size (Wan 480P: 832x480) for landscape and square sources, swapped for portrait."""
+    w, h = FAMILY_DEFAULTS[family].size
+    return (w, h) if src_w >= src_h else (h, w)
 
 
 def fit_params(src_w: int, src_h: int, width: int, height: int, mode: str = "crop") -> FitParams:

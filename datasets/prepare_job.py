@@ -32,7 +32,7 @@ import numpy as np
 
 from config.errors import ConfigError, UserError
 from config.loader import load_config, parse_override
-from config.schema import Config
+from config.schema import FAMILY_DEFAULTS, Config
 from datasets import media
 from datasets.captions import DEFAULT_TASK
 from datasets.job_folder import JobFolderError
@@ -73,15 +73,16 @@ class PrepareRequest:
     caption_max_tokens: int = 96
     trigger: str = Config().data.trigger
     frames: int = media.DEFAULT_NUM_FRAMES
-    fps: float = 16.0
+    fps: float = 0.0  # 0: the model family's rate (Wan 16, HunyuanVideo 24)
     source_fps: float | None = None  # image-folder sources: their frame rate (default: fps)
     start: float = 0.0
-    size: tuple[int, int] | None = None  # None: 832x480 landscape / 480x832 portrait
+    size: tuple[int, int] | None = None  # None: the family's size (Wan: 832x480 landscape / 480x832 portrait)
     resize_mode: str = "crop"
     mask_threshold: float = 0.5
     mask_dilate: int = 0
     mask_bbox: bool = False
     model: Path | None = None
+    family: str = ""  # model.type; "": from --set model.type, else detected from --model, else wan
     overrides: list[str] = field(default_factory=list)
     force: bool = False
     preview: bool = True
@@ -93,6 +94,19 @@ class PrepareRequest:
             value = getattr(self, name)
             if value is not None:  # str from Python callers; '~' from quoted shell arguments
                 setattr(self, name, Path(value).expanduser())
+        self.family = self.family or _family(self.overrides, self.model)
+        self.fps = self.fps or FAMILY_DEFAULTS[self.family].fps
+
+
+def _family(overrides: list[str], model: Path | None) -> str:
+    """The job's model family: a `--set model.type=...` wins, then what the --model folder holds, then Wan."""
+    for text in overrides:
+        keys, value = parse_override(text)
+        if keys == ["model", "type"] and value in FAMILY_DEFAULTS:
+            return value
+    from models import detect_family  # imports torch: only here
+
+    return (detect_family(model) if model else None) or "wan"
 
 
 @dataclass

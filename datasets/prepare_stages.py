@@ -126,7 +126,7 @@ class JobStages(JobFolder):
                 bar.update(r.frames)  # read_video_at reports no progress of its own
                 picked, src_times, src_fps = list(clip.frames), clip.timestamps, clip.fps
             h, w = picked[0].shape[:2]
-            size = r.size or media.default_size(w, h)
+            size = r.size or media.default_size(w, h, r.family)
             fitted, fit = media.fit_size(picked, size[0], size[1], r.resize_mode)
         meta = {"source_size": [w, h], "size": list(size), "source_fps": float(src_fps),
                 "fit": {"resized": list(fit.resized), "offset": list(fit.offset), "mode": fit.mode},
@@ -138,7 +138,7 @@ class JobStages(JobFolder):
     def run_source(self) -> tuple[str, dict]:
         r = self.req
         key = digest("source", self.fp(r.video), r.source_fps if r.video.is_dir() else None, r.fps, r.frames,
-                     r.start, r.size, r.resize_mode)
+                     r.start, r.size or r.family, r.resize_mode)
 
         def build() -> dict:
             frames, meta = self.decode()
@@ -288,6 +288,7 @@ class JobStages(JobFolder):
                 setattr(node, keys[-1], getattr(given, keys[-1]))
         if not any(parse_override(t)[0] == ["name"] for t in r.overrides):
             cfg.name = self.out.name
+        cfg.model.type = r.family
         d = cfg.data
         d.video, d.mask, d.edited_frame = SOURCE, MASKS, EDITED
         d.reference_frames = REFERENCE if has_reference else ""

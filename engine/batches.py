@@ -78,6 +78,9 @@ class BatchStream:
         generate = torch.stack([c.generate for c in chosen])
         weight = 1.0 + (self.edit_loss_weight - 1.0) * generate
         dev = self.device
-        c = Conditioning(cond, text.to(dev), image.to(dev) if image.numel() else None)
+        # Text mask and pooled embedding: families that have them (HunyuanVideo); None for Wan.
+        optional = ([x.text_mask for x in chosen], [x.pooled for x in chosen])
+        c = Conditioning(cond, text.to(dev), image.to(dev) if image.numel() else None,
+                         *(None if t[0] is None else torch.stack(t).to(dev) for t in optional))
         inputs = self.adapter.first_layer_input(model_input.to(dev), (s * NUM_TRAIN_TIMESTEPS).to(dev), c)
         return inputs, (target.to(dev), weight.to(dev))

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 
 from config.errors import UserError
-from config.schema import WAN_NEGATIVE_PROMPT, Config
+from config.schema import HUNYUAN_NEGATIVE_PROMPT, WAN_NEGATIVE_PROMPT, Config
 from datasets.cache import EncodeCache, fingerprint
 from datasets.job import Job, inference_sample_for, load_job
 from datasets.preview import to_uint8
 from datasets.samples import Sample
-from engine.sampler import SamplerSettings, base_scheduler_config
+from engine.sampler import FAMILY_SCHEDULERS, SamplerSettings, default_shift, model_scheduler_config
 from engine.sampler import sample as run_sampler
 from models import make_adapter
 
@@ -84,6 +84,10 @@ def resolve_loras(cfg: Config, given: list[LoraSpec] | None, use_none: bool = Fa
     return [spec], f"LoRA: newest of this job's runs: {spec.describe()}"
 
 
+# Each family's standard negative prompt, for inference.negative_prompt = "".
+NEGATIVE_PROMPTS = {"wan": WAN_NEGATIVE_PROMPT, "hunyuan_video": HUNYUAN_NEGATIVE_PROMPT}
+
+
 @dataclass
 class Request:
     """Everything that decides the frames, resolved (no 'use the default' values left)."""
@@ -99,11 +103,13 @@ class Request:
 def build_request(cfg: Config, loras: list[LoraSpec], prompt: str | None = None) -> Request:
     """The request a config asks for; 0 / empty settings become the model's defaults."""
     inf = cfg.inference
-    shift = inf.shift or float(base_scheduler_config(cfg.model.ckpt_path).get("flow_shift", 3.0))
-    sampler = SamplerSettings(steps=inf.steps, guidance=inf.guidance, shift=shift, scheduler=inf.scheduler,
+    shift = inf.shift or default_shift(model_scheduler_config(cfg.model.type, cfg.model.ckpt_path))
+    scheduler = FAMILY_SCHEDULERS.get(cfg.model.type, "unipc") if inf.scheduler == "auto" else inf.scheduler
+    sampler = SamplerSettings(steps=inf.steps, guidance=inf.guidance, shift=shift, scheduler=scheduler,
                               step_cache=inf.step_cache, step_cache_threshold=inf.step_cache_threshold)
     return Request(preset=inf.mask_preset, prompt=prompt or "",
-                   negative_prompt=inf.negative_prompt or WAN_NEGATIVE_PROMPT, seed=cfg.seed, sampler=sampler,
+                   negative_prompt=inf.negative_prompt or NEGATIVE_PROMPTS.get(cfg.model.type, WAN_NEGATIVE_PROMPT),
+                   seed=cfg.seed, sampler=sampler,
                    loras=list(loras))
 
 
@@ -165,8 +171,9 @@ class Inputs:
 
 def load_inputs(cfg: Config, request: Request) -> Inputs:
     """Everything that can be wrong with the user's input, checked before any model loads."""
-    from models.lora_formats import load_lora
+    from models.lora import lora_formats_for
 
+    load_lora = lora_formats_for(cfg.model.type).load_lora
     if request.preset == "reference":
         raise UserError("mask preset 'reference' is a single-frame training sample (stage 2); "
                         "choose loraedit, i2v, selective, all or none for generation")
@@ -196,7 +203,7 @@ def apply_loras(transformer: torch.nn.Module, loras: list[LoraSpec]) -> None:
 def generate(cfg: Config, request: Request, device: torch.device | None = None, progress: bool = True,
              inputs: Inputs | None = None) -> Generation:
     """Run one generation; `inputs` from `load_inputs` if the caller already checked them."""
-    from engine.encode import encode_samples
+    from engine.encode import encode_with_negative
 
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seconds: dict[str, float] = {}
@@ -207,8 +214,8 @@ def generate(cfg: Config, request: Request, device: torch.device | None = None, 
     identity = adapter.weights_identity()
     cache = EncodeCache(cfg.data.cache_dir)
     guided = request.sampler.guidance > 1.0
-    negatives = [request.negative_prompt] if guided else []
-    (encoded,), extra = encode_samples(adapter, [sample], cache, cfg.data.latent_mask, extra_prompts=negatives)
+    encoded, negative = encode_with_negative(adapter, sample, cache, cfg.data.latent_mask,
+                                             request.negative_prompt if guided else None)
     adapter.unload()  # encoders out before the transformer comes in
     seconds["encode"] = time.perf_counter() - t0
 
@@ -217,9 +224,8 @@ def generate(cfg: Config, request: Request, device: torch.device | None = None, 
     apply_loras(transformer, request.loras)
     seconds["load"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    negative = extra[request.negative_prompt][None] if guided else None  # [L, D] -> a batch of one
     latents = run_sampler(adapter, encoded.conditioning(), negative, request.sampler, request.seed,
-                          base_scheduler_config(cfg.model.ckpt_path), progress)
+                          model_scheduler_config(cfg.model.type, cfg.model.ckpt_path), progress)
     seconds["denoise"] = time.perf_counter() - t2
     adapter.unload("transformer")
 

@@ -25,7 +25,7 @@ from config.loader import load_config, to_dict
 from config.schema import Config
 from engine import outputs
 from engine.generate import Generation, LoraSpec, Request, build_request, generate, load_inputs
-from engine.sampler import base_scheduler_config
+from engine.sampler import model_scheduler_config
 
 SIDECAR = "result.json"
 SIDECAR_VERSION = 1
@@ -94,6 +94,7 @@ def _resolved_config(cfg: Config, request: Request, out: Path) -> Config:
     cfg = copy.deepcopy(cfg)
     inf = cfg.inference
     inf.shift, inf.negative_prompt, inf.out = request.sampler.shift, request.negative_prompt, str(out)
+    inf.scheduler = request.sampler.scheduler
     inf.lora = ""  # the LoRAs are listed (with weights and checksums) in the sidecar itself
     cfg.seed = request.seed
     return cfg
@@ -108,7 +109,7 @@ def sidecar(cfg: Config, request: Request, gen: Generation, lora_sha: list[str],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "prompt": gen.sample.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
         "steps": s.steps, "guidance": s.guidance, "shift": s.shift, "scheduler": s.scheduler,
-        "scheduler_config": base_scheduler_config(cfg.model.ckpt_path),
+        "scheduler_config": model_scheduler_config(cfg.model.type, cfg.model.ckpt_path),
         "step_cache": s.step_cache, "step_cache_threshold": s.step_cache_threshold,
         "mask_preset": request.preset,
         "loras": [{"path": str(spec.path), "weight": spec.weight, "sha256": sha}

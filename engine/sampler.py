@@ -5,6 +5,8 @@ It is the loop of diffusers' `WanImageToVideoPipeline` with the model call going
 the latents are the pipeline's: the noise is drawn with `randn_tensor` and a CPU generator (same shape,
 float32), the cond/uncond passes run separately in the same order inside `cache_context("cond"/"uncond")`,
 and guidance is `uncond + g * (cond - uncond)`, skipped (one pass per step) when g <= 1.
+The adapter supplies what differs per family (`initial_latents`, `scheduler_sigmas`): with them the loop is also
+diffusers' `HunyuanVideoImageToVideoPipeline`'s (Euler with its sigmas, start latents mixed with the image latent).
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ WAN_SCHEDULER = {
     "timestep_spacing": "linspace", "final_sigmas_type": "zero", "beta_schedule": "linear",
     "beta_start": 0.0001, "beta_end": 0.02,
 }
+# HunyuanVideo-I2V's scheduler (FlowMatchEuler, shift 7.0: diffusers' conversion default and the release's), for
+# folders without a scheduler config (the original release layout).
+HUNYUAN_SCHEDULER = {"num_train_timesteps": 1000, "shift": 7.0}
+# The sampler each family's reference pipeline uses, for inference.scheduler = "auto".
+FAMILY_SCHEDULERS = {"wan": "unipc", "hunyuan_video": "euler"}
 # Wan's defaults for what the user leaves unset (WanImageToVideoPipeline.__call__ and the scheduler config).
 WAN_DEFAULT_STEPS = 50
 WAN_DEFAULT_GUIDANCE = 5.0
@@ -59,12 +66,27 @@ def base_scheduler_config(ckpt_path: str | Path | None) -> dict:
     return dict(WAN_SCHEDULER)
 
 
+def model_scheduler_config(model_type: str, ckpt_path: str | Path | None) -> dict:
+    """`base_scheduler_config` with the family's own fallback when the folder has no scheduler config."""
+    path = Path(ckpt_path) / "scheduler" / "scheduler_config.json" if ckpt_path else None
+    if model_type == "hunyuan_video" and not (path is not None and path.is_file()):
+        return dict(HUNYUAN_SCHEDULER)
+    return base_scheduler_config(ckpt_path)
+
+
+def default_shift(config: dict) -> float:
+    """The flow shift a scheduler config implies (UniPC's `flow_shift`, FlowMatchEuler's `shift`)."""
+    return float(config.get("flow_shift", config.get("shift", WAN_DEFAULT_SHIFT)))
+
+
 def make_scheduler(name: str, shift: float, base_config: dict | None = None) -> SchedulerMixin:
     """UniPC with flow sigmas (the model's config, `flow_shift` = shift) or flow-matching Euler."""
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     base = dict(WAN_SCHEDULER if base_config is None else base_config)
     if name == "unipc":
+        if "use_flow_sigmas" not in base:  # another scheduler's config (HunyuanVideo ships FlowMatchEuler's)
+            base = {**WAN_SCHEDULER, "num_train_timesteps": base.get("num_train_timesteps", 1000)}
         return UniPCMultistepScheduler.from_config({**base, "flow_shift": float(shift)})
     if name == "euler":
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=base.get("num_train_timesteps", 1000),
@@ -113,22 +135,30 @@ def _context(model: nn.Module, name: str):
 
 @torch.no_grad()
 def sample(
-    adapter: ModelAdapter, cond: Conditioning, negative_text: torch.Tensor | None, settings: SamplerSettings,
-    seed: int, base_config: dict | None = None, progress: bool = True,
+    adapter: ModelAdapter, cond: Conditioning, negative_text: torch.Tensor | Conditioning | None,
+    settings: SamplerSettings, seed: int, base_config: dict | None = None, progress: bool = True,
 ) -> torch.Tensor:
     """Denoise to clean latents [B, C, t, h, w] (float32). `cond` holds the prompt embedding; `negative_text`
-    the negative prompt's (same image features and extra channels), required when guidance > 1."""
+    the negative prompt's embedding, or its whole conditioning for families with more text tensors (the same
+    image features and extra channels are used), required when guidance > 1."""
     model = adapter.load_transformer()
     device = adapter.device
     guided = settings.guidance > 1.0
     if guided and negative_text is None:
         raise ValueError("guidance > 1 needs the negative prompt embedding")
     cond = cond.to(device)
-    uncond = Conditioning(cond.cond, negative_text.to(device), cond.image) if guided else None
+    uncond = None
+    if guided:
+        negative = negative_text if isinstance(negative_text, Conditioning) else Conditioning(None, negative_text)
+        uncond = cond.with_text(negative.to(device))
     scheduler = make_scheduler(settings.scheduler, settings.shift, base_config)
-    scheduler.set_timesteps(settings.steps, device=device)
-    latents = initial_noise(latent_shape(model, cond.cond), seed, device)
+    sigmas = adapter.scheduler_sigmas(settings.steps) if settings.scheduler == "euler" else None
+    if sigmas is not None:  # the family's reference pipeline spaces the Euler sigmas itself (HunyuanVideo)
+        scheduler.set_timesteps(sigmas=sigmas, device=device)
+    else:
+        scheduler.set_timesteps(settings.steps, device=device)
     extra = cond.cond.to(device=device, dtype=torch.float32)
+    latents = adapter.initial_latents(initial_noise(latent_shape(model, cond.cond), seed, device), extra)
     bar = tqdm(total=len(scheduler.timesteps), desc="denoise", unit="step", disable=not progress, dynamic_ncols=True)
     with first_block_cache(model, settings.step_cache, settings.step_cache_threshold), bar:
         for t in scheduler.timesteps:

@@ -8,7 +8,9 @@ Spatial downsampling to (H/8, W/8):
 Wan2.1/2.2 I2V: identical layout to diffusers' ``WanImageToVideoPipeline.prepare_latents`` - frame 0
 repeated 4 times, then regrouped so channel c of latent frame t is pixel frame max(0, 4t + c - 3).
 HunyuanVideo-I2V: latent frame 0 = pixel frame 0, latent frame t >= 1 covers pixel frames 4t-3..4t
-and is kept only if all four are kept.
+and is kept only if all four are kept. One channel, used as the last input channel: diffusers'
+``HunyuanVideoImageToVideoPipeline`` feeds ``cat([noisy, image_latents, mask])`` with the mask 1 on latent frame 0
+and 0 after it, which is this packing of the ``i2v`` preset (tests/test_hunyuan_infer.py checks the result).
 """
 
 from __future__ import annotations

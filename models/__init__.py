@@ -7,16 +7,21 @@
 from __future__ import annotations
 
 import importlib
+import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from config.errors import UserError
 
 if TYPE_CHECKING:  # config and the heavy model imports stay lazy: `import models` must be cheap
     from config.schema import ModelConfig
     from models.base import ModelAdapter
 
 #: model.type -> "module:class" of its adapter
-ADAPTERS = {"wan": "models.wan:WanAdapter"}
+ADAPTERS = {"wan": "models.wan:WanAdapter", "hunyuan_video": "models.hunyuan_video:HunyuanVideoAdapter"}
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
            "float8": torch.float8_e4m3fn, "float8_e4m3fn": torch.float8_e4m3fn}
@@ -32,6 +37,26 @@ def dtype_from_name(name: str | torch.dtype) -> torch.dtype:
         raise ValueError(f"unknown dtype {name!r}; valid: {', '.join(_DTYPES)}") from None
 
 
+def detect_family(path: str | os.PathLike) -> str | None:
+    """The `model.type` a weights folder holds, from its marker files (None: not recognised)."""
+    from models.hunyuan_layouts import ORIGINAL_MODEL_DIR
+    from models.wan_layouts import ORIGINAL_VAE
+
+    folder = Path(path)
+    index = folder / "model_index.json"
+    if index.is_file():
+        try:
+            name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return "hunyuan_video" if name.startswith("HunyuanVideo") else "wan" if name.startswith("Wan") else None
+    if (folder / ORIGINAL_MODEL_DIR).is_dir():
+        return "hunyuan_video"
+    if (folder / ORIGINAL_VAE).is_file():
+        return "wan"
+    return None
+
+
 def make_adapter(model_cfg: ModelConfig, device: torch.device | str) -> ModelAdapter:
     """The adapter of `model_cfg.type`, with the config's weights and dtypes, computing on `device`.
 
@@ -41,6 +66,10 @@ def make_adapter(model_cfg: ModelConfig, device: torch.device | str) -> ModelAda
     """
     if model_cfg.type not in ADAPTERS:
         raise ValueError(f"unknown model.type {model_cfg.type!r}; valid: {', '.join(ADAPTERS)}")
+    found = detect_family(model_cfg.ckpt_path) if model_cfg.ckpt_path else None
+    if found and found != model_cfg.type:
+        raise UserError(f"{model_cfg.ckpt_path}: holds a {found!r} model but model.type = {model_cfg.type!r}; "
+                        f"set model.type = \"{found}\"")
     module, cls = ADAPTERS[model_cfg.type].split(":")
     adapter_cls = getattr(importlib.import_module(module), cls)
     dtype = dtype_from_name(model_cfg.dtype)

@@ -35,12 +35,19 @@ class Conditioning:
     cond: torch.Tensor  # family-specific extra input channels (Wan: packed mask + condition latents)
     text: torch.Tensor  # text embeddings, padded as the model expects
     image: torch.Tensor | None = None  # image-encoder features (Wan2.1 CLIP), None if the family has none
+    # Optional, for families whose text encoders give more than one tensor (HunyuanVideo); None for Wan.
+    text_mask: torch.Tensor | None = None  # [B, L] 1 = real token, 0 = padding
+    pooled: torch.Tensor | None = None  # [B, D] pooled text embedding (HunyuanVideo: CLIP-L's pooler output)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
         def mv(t: torch.Tensor | None) -> torch.Tensor | None:
             return None if t is None else t.to(device=device, dtype=dtype or t.dtype)
 
-        return Conditioning(mv(self.cond), mv(self.text), mv(self.image))
+        return Conditioning(mv(self.cond), mv(self.text), mv(self.image), mv(self.text_mask), mv(self.pooled))
+
+    def with_text(self, other: Conditioning) -> Conditioning:
+        """This conditioning with `other`'s text parts (embedding, mask, pooled): the negative-prompt pass."""
+        return Conditioning(self.cond, other.text, self.image, other.text_mask, other.pooled)
 
 
 class ModelAdapter(ABC):
@@ -118,6 +125,38 @@ class ModelAdapter(ABC):
     @abstractmethod
     def encode_image(self, images: torch.Tensor) -> torch.Tensor | None:
         """[B, 3, H, W] in [-1, 1] -> image-encoder features, or None for families without one."""
+
+    #: True when condition videos are encoded differently from target videos (`encode_condition_video`).
+    separate_condition_encoding: bool = False
+
+    def encode_condition_video(self, video: torch.Tensor) -> torch.Tensor:
+        """V_condition [B, 3, T, H, W] -> its latents; default: `encode_video`."""
+        return self.encode_video(video)
+
+    #: True when the text encoder also sees the conditioning image (HunyuanVideo's LLaVA): text cache entries then
+    #: depend on the image too, and the negative prompt is encoded with `negative_image`.
+    text_sees_image: bool = False
+
+    def encode_text(self, prompt: str, image: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """One prompt (and, for `text_sees_image` families, its [3, H, W] image) -> the cacheable text tensors:
+        "x" = embedding [L, D]; optionally "mask" [L] and "pooled" [D]. Default: `encode_prompt` alone."""
+        del image
+        return {"x": self.encode_prompt([prompt])[0]}
+
+    def negative_image(self, image: torch.Tensor) -> torch.Tensor | None:
+        """The image the negative prompt is encoded with (None: the text encoder sees no image)."""
+        del image
+        return None
+
+    def initial_latents(self, noise: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The sampler's starting latents from Gaussian noise and the extra input channels (default: the noise)."""
+        del cond
+        return noise
+
+    def scheduler_sigmas(self, steps: int) -> list[float] | None:
+        """Sigmas the flow-matching Euler scheduler is set to (None: its own spacing for `steps`)."""
+        del steps
+        return None
 
     # -- conditioning and the transformer ---------------------------------------------------------
     @abstractmethod

@@ -26,7 +26,15 @@ from peft import LoraConfig
 from torch import nn
 
 #: transformer class name -> (LoRA key-format module, "module:function" naming the base model from its config)
-_FAMILIES = {"WanTransformer3DModel": ("models.lora_formats", "models.wan:base_model_name")}
+_FAMILIES = {"WanTransformer3DModel": ("models.lora_formats", "models.wan:base_model_name"),
+             "HunyuanVideoTransformer3DModel": ("models.hunyuan_lora", "models.hunyuan_video:base_model_name")}
+#: config model.type -> its LoRA key-format module (to check LoRA files before any model loads)
+_FORMATS_BY_TYPE = {"wan": "models.lora_formats", "hunyuan_video": "models.hunyuan_lora"}
+
+
+def lora_formats_for(model_type: str) -> ModuleType:
+    """The LoRA key-format module of a config's `model.type` (`load_lora`, `save_lora`, `FORMATS`, ...)."""
+    return importlib.import_module(_FORMATS_BY_TYPE[model_type])
 
 
 def _family(transformer: nn.Module) -> tuple[ModuleType, Callable]:

@@ -334,10 +334,18 @@ def save_lora(path: str | os.PathLike, peft_sd: Mapping[str, torch.Tensor], *, f
                                 for k, v in peft_sd.items()})
     else:
         raise LoraFormatError(f"Cannot write LoRA layout {fmt!r}: choose 'comfyui' or 'diffusers'.")
-    tensors = {k: v.detach().to("cpu", torch.float32 if k.endswith(".alpha") else dtype).contiguous()
-               for k, v in tensors.items()}
     metadata = {"format": fmt, "rank": str(rank), "alpha": str(alpha), "base_model": base_model, "trigger": trigger,
                 "config": config_toml, "software": SOFTWARE}
+    return write_lora_file(path, tensors, metadata, extra, dtype)
+
+
+def write_lora_file(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str],
+                    extra: dict | None = None, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write LoRA tensors (in `dtype`; `.alpha` scalars float32) and string metadata, plus `extra` (which may not
+    override `metadata`), atomically. Shared by every family's LoRA layouts."""
+    tensors = {k: v.detach().to("cpu", torch.float32 if k.endswith(".alpha") else dtype).contiguous()
+               for k, v in tensors.items()}
+    metadata = dict(metadata)
     if clash := set(extra or {}) & set(metadata):
         raise ValueError(f"extra metadata may not override {sorted(clash)}")
     metadata.update({k: str(v) for k, v in (extra or {}).items()})
@@ -363,15 +371,7 @@ def load_lora(path: str | os.PathLike, *, expected_base_model: str | None = None
     metadata or its shapes. Alphas are as in `to_peft` without a target.
     """
     path = Path(path)
-    if not path.is_file():
-        raise LoraFileNotFoundError(f"LoRA file not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            metadata = dict(f.metadata() or {})
-            sd = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError) as e:
-        raise LoraNotSafetensorsError(f"{path} is not a safetensors file ({e}). Convert .pt/.ckpt LoRAs to "
-                                      "safetensors first.") from e
+    sd, metadata = read_lora_file(path)
     _check_declared_base(path, metadata, expected_base_model)
     try:
         peft_sd, alphas = to_peft(sd)
@@ -382,3 +382,15 @@ def load_lora(path: str | os.PathLike, *, expected_base_model: str | None = None
         raise LoraBaseModelError(f"{path} has the shapes{_size_name(_hidden_size(peft_sd))}, but the base model is "
                                  f"{expected_base_model!r}.")
     return peft_sd, alphas, metadata
+
+
+def read_lora_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors, metadata) of a safetensors LoRA; a missing or unreadable file is a one-line user error."""
+    if not path.is_file():
+        raise LoraFileNotFoundError(f"LoRA file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as e:
+        raise LoraNotSafetensorsError(f"{path} is not a safetensors file ({e}). Convert .pt/.ckpt LoRAs to "
+                                      "safetensors first.") from e

@@ -65,3 +65,34 @@ def tiny_wan_single_file(tiny_wan_factory: TinyWanFactory) -> Path:
 def tiny_wan_single_file_fp8(tiny_wan_factory: TinyWanFactory) -> Path:
     """The same transformer in fp8 (e4m3fn) with ``model.diffusion_model.`` prefixes."""
     return tiny_wan_factory("single-file", dtype="fp8", prefixed=True)
+
+
+TinyHunyuanFactory = Callable[..., Path]
+
+
+@pytest.fixture(scope="session")
+def tiny_hunyuan_factory(tmp_path_factory: pytest.TempPathFactory) -> TinyHunyuanFactory:
+    """``factory(layout, seed=0, variant="latent_concat", dtype="bf16") -> Path``; each variant is built once.
+
+    Tiny HunyuanVideo-I2V (tools/make_tiny_hunyuan.py): the folder (diffusers, original) or the ``.safetensors``
+    file (single-file). Read-only: other tests share it.
+    """
+    from tools.make_tiny_hunyuan import build_tiny_hunyuan
+
+    root = tmp_path_factory.mktemp("tiny-hunyuan")
+    built: dict[tuple, Path] = {}
+
+    def factory(layout: str, seed: int = 0, variant: str = "latent_concat", dtype: str = "bf16") -> Path:
+        key = (layout, seed, variant, dtype)
+        if key not in built:
+            built[key] = build_tiny_hunyuan(root / f"{layout}-s{seed}-{variant}-{dtype}", layout, seed=seed,
+                                            variant=variant, dtype=dtype)
+        return built[key]
+
+    return factory
+
+
+@pytest.fixture(scope="session")
+def tiny_hunyuan_diffusers(tiny_hunyuan_factory: TinyHunyuanFactory) -> Path:
+    """Tiny HunyuanVideo-I2V (33-channel) in the diffusers layout (the pipeline's ``from_pretrained`` loads it)."""
+    return tiny_hunyuan_factory("diffusers")
