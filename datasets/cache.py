@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from config.atomic import atomic_path
 from config.errors import UserError
 
 
@@ -76,11 +76,6 @@ class EncodeCache:
                 path.unlink(missing_ok=True)
         self.misses += 1
         tensors = {k: v.detach().cpu().contiguous() for k, v in compute().items()}
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=self.folder)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             save_file(tensors, tmp)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
         return tensors

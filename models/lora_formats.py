@@ -27,7 +27,6 @@ from __future__ import annotations
 import functools
 import os
 import re
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from config.atomic import atomic_path
 from config.errors import UserError
 
 FORMATS = ("comfyui", "diffusers", "musubi", "peft")
@@ -350,16 +350,8 @@ def write_lora_file(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor]
         raise ValueError(f"extra metadata may not override {sorted(clash)}")
     metadata.update({k: str(v) for k, v in (extra or {}).items()})
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A crash or a reader mid-write must never see half a file: write beside it, then rename over it.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:  # a crash or a reader mid-write never sees half a file
         save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
