@@ -4,6 +4,7 @@ Usage:
   python infer.py --config edit.toml                     the job's settings ([inference] section)
   python infer.py --config edit.toml --lora a.safetensors:0.8 --lora b.safetensors:0.5 --seed 7
   python infer.py --replay results/result.json           the exact frames of an earlier run again
+  python infer.py --config edit.toml --plan               memory and time of the sampling, no weights needed
 
 Defaults come from the config's [inference] section; where it says nothing, Wan's own: 50 steps,
 guidance 5.0, the model's flow shift (Wan 480P: 3.0), UniPC, Wan's standard negative prompt, seed 42,
@@ -25,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from config.cli import add_config_arguments, config_from_args, run
+from config.cli import add_config_arguments, add_plan_arguments, config_from_args, run
 from config.loader import render_toml
 from config.schema import MASK_PRESETS, Config
 
@@ -62,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float,
                    help="classifier-free guidance scale; <= 1 skips the negative pass (default: 5.0)")
     g.add_argument("--shift", type=float, help="flow shift (default: inference.shift; 0 = the model's, Wan 480P 3.0)")
-    g.add_argument("--scheduler", choices=("unipc", "euler"), help="default: inference.scheduler = unipc")
+    g.add_argument("--scheduler", choices=("auto", "unipc", "euler"),
+                   help="default: inference.scheduler = auto (the model's own: Wan unipc, HunyuanVideo euler)")
     g.add_argument("--step-cache", action=argparse.BooleanOptionalAction, default=None,
                    help="diffusers' first-block cache: skip blocks on steps that barely change (faster, approximate)")
     g.add_argument("--step-cache-threshold", type=float, help="default: inference.step_cache_threshold = 0.05")
@@ -80,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay", metavar="RESULT.json",
                    help="regenerate exactly the run a result.json describes (its config and settings; flags given "
                         "here still override). Output goes to replay/ beside it unless --out is given")
+    add_plan_arguments(p)
     return p
 
 
@@ -101,6 +104,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--config is required (or --replay RESULT.json)")
     if args.lora and args.no_lora:
         parser.error("--lora and --no-lora exclude each other")
+    if args.plan:  # planning needs neither the weights nor the media to exist yet
+        if not args.config:
+            parser.error("--plan needs --config")
+        from engine.plan import run_plan
+
+        args.overrides = [*args.overrides, *flag_overrides(args)]
+        print(run_plan(config_from_args(args, check_paths=False), args, kind="infer"))
+        return 0
 
     from engine.generate import one_line_warnings, parse_lora_arg, quiet_torchvision_notice, resolve_loras
     from engine.infer_job import read_replay, run_inference

@@ -13,6 +13,7 @@ config.toml, tensorboard/ and resumable checkpoints/.
 Example:
   python train.py --config job/edit.toml --set training.steps=200
   python train.py --config job/edit.toml --resume            # continue the newest interrupted run
+  python train.py --config job/edit.toml --plan --gpu-memory 24GB   # memory and time first, no weights needed
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from config.cli import add_config_arguments, config_from_args, run
+from config.cli import add_config_arguments, add_plan_arguments, config_from_args, run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,11 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN_DIR",
                         help="continue from a checkpoint: the newest run of this job, or the given run folder")
     parser.add_argument("--local_rank", type=int, default=0, help=argparse.SUPPRESS)  # set by the deepspeed launcher
+    add_plan_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.plan:  # planning needs neither the weights nor the media to exist yet
+        from engine.plan import run_plan
+
+        print(run_plan(config_from_args(args, check_paths=False), args))
+        return 0
     cfg = config_from_args(args)
     from engine.train_job import run_training  # heavy imports only after the config is valid
 

@@ -28,6 +28,21 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True)
     )
 
 
+def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--plan` and its options (train.py, infer.py): memory and time of the job, without weights or a GPU."""
+    g = parser.add_argument_group("planning (no weights, no GPU needed)")
+    g.add_argument("--plan", action="store_true",
+                   help="print memory per GPU, FLOPs and times on common GPUs for this job, then exit")
+    g.add_argument("--variant", metavar="NAME",
+                   help="the model to plan for when model.ckpt_path does not exist yet, e.g. wan2.1-i2v-14b-480p")
+    g.add_argument("--gpu-memory", metavar="SIZE",
+                   help="with --plan: list the cheapest settings that fit this much GPU memory, e.g. 24GB")
+    g.add_argument("--gpu", action="append", default=[], metavar="NAME=TFLOPS[:GB]",
+                   help="with --plan: add a GPU (dense bf16 TFLOPS, memory), e.g. 'MI300X=1307:192' (repeatable)")
+    g.add_argument("--utilization", type=float, metavar="FRACTION",
+                   help="with --plan: assumed fraction of peak throughput reached (default 0.5)")
+
+
 def config_from_args(args: argparse.Namespace, check_paths: bool = True) -> Config:
     """Load `--config` with its `--set` overrides; with `--print-config`, print it and exit 0."""
     cfg = load_config(args.config, args.overrides, check_paths=check_paths)
