@@ -11,8 +11,8 @@ Example (a 1920x1080 30 fps clip whose first frame you recoloured in an image ed
 The job gets 49 frames from --start (4k+1 frames: the VAE needs it) at the model's rate and size: Wan
 16 fps, 832x480 (480x832 portrait); HunyuanVideo-I2V (detected from --model, or --set
 model.type=hunyuan_video) 24 fps, 624x368. --fps and --size change them, --resize-mode crop|pad.
-Export the edited frame from the source's first frame at the source's resolution (or at the job's size); `--start 2.5` means the
-frame on screen at 2.5 s.
+Export the edited frame from the source's first frame at the source's resolution (or at the job's
+size); `--start 2.5` means the frame on screen at 2.5 s.
 
 Where the video may change (white = may change), one of:
   --mask M          a mask video, a folder of images (file k = source frame k) or one image (all frames)

@@ -102,7 +102,7 @@ def trace_training_step(spec: ModelSpec, cfg: Config, frames: int, height: int, 
     from deepspeed.runtime.activation_checkpointing.checkpointing import non_reentrant_checkpoint
 
     from engine.offload import enable_block_swap
-    from engine.trainer import GradBoundary, pipeline_loss
+    from engine.trainer import GradBoundary, pipeline_layers, pipeline_loss
 
     t0 = time.perf_counter()
     t = cfg.training
@@ -115,9 +115,7 @@ def trace_training_step(spec: ModelSpec, cfg: Config, frames: int, height: int, 
     adapter = weightless_adapter(spec, model, cfg)
     torch.manual_seed(cfg.seed)
     lora = add_training_lora(adapter, model, cfg)
-    layers = list(adapter.layers())
-    if t.pipeline_stages > 1:
-        layers.insert(1, GradBoundary())
+    layers = pipeline_layers(adapter, t.pipeline_stages)
     trainable = [sum(p.numel() for p in layer.parameters() if p.requires_grad) for layer in layers]
     start, end = stage_bounds(len(layers), trainable, t.pipeline_stages)[stage]
     inputs, labels = _micro_batch(adapter, shapes, t.micro_batch_size_per_gpu)

@@ -27,6 +27,7 @@ from engine.batches import BatchStream, TimeSampling
 from engine.flow import flow_loss
 from engine.offload import enable_block_swap
 from engine.run_dir import RunDir
+from models.base import BlockLayer
 
 LORA_DEFAULT = re.compile(r"\.default(?=\.weight$)")
 
@@ -38,6 +39,18 @@ class GradBoundary(nn.Module):
     def forward(self, inputs: tuple) -> tuple:
         return tuple(t if t.requires_grad or not t.is_floating_point() else t.detach().requires_grad_()
                      for t in inputs)
+
+
+def pipeline_layers(adapter, pipeline_stages: int) -> list[nn.Module]:
+    """The adapter's layer list as the DeepSpeed pipeline runs it: with several stages, a `GradBoundary` after
+    the embedding and blocks that compute no gradients for the per-step constants (models.base.BlockLayer)."""
+    layers = list(adapter.layers())
+    if pipeline_stages > 1:
+        layers.insert(1, GradBoundary())
+        for layer in layers:
+            if isinstance(layer, BlockLayer):
+                layer.constants_without_grad = True
+    return layers
 
 
 def pipeline_loss(pred: torch.Tensor, labels: tuple) -> torch.Tensor:
@@ -119,9 +132,7 @@ class Trainer:
         self.cfg, self.dist, self.adapter, self.transformer = cfg, dist, adapter, transformer
         self.stages, self.run_dir, self.save_lora_fn = stages, run_dir, save_lora
         t = cfg.training
-        layers = list(adapter.layers())
-        if t.pipeline_stages > 1:
-            layers.insert(1, GradBoundary())
+        layers = pipeline_layers(adapter, t.pipeline_stages)
         mixed_shapes = any(len(s.mix) > 1 for s in stages) or len(stages) > 1
         module = PipelineModule(
             layers=layers, num_stages=t.pipeline_stages, loss_fn=pipeline_loss, partition_method="parameters",

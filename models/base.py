@@ -189,11 +189,35 @@ class ModelAdapter(ABC):
 
 
 class BlockLayer(nn.Module):
-    """A repeated transformer block as a tuple-in/tuple-out layer; `block` is the model's own module."""
+    """A repeated transformer block as a tuple-in/tuple-out layer; `block` is the model's own module.
+
+    Subclasses implement `run` and name in `passthrough` the tuple positions a block returns unchanged (the
+    per-step constants: text, modulation, rotary tables, ...). With `constants_without_grad` set (pipeline
+    runs, see engine.trainer.pipeline_layers) the block runs on detached constants: DeepSpeed makes every
+    floating tensor passed between stages require grad, and each block would otherwise compute those
+    constants' gradients (nothing upstream trains) and keep the activations that needs. A zero term still
+    connects them, because DeepSpeed sends a gradient back for every floating input of a stage.
+    """
+
+    passthrough: tuple[int, ...] = ()
 
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
         self.block = block
+        self.constants_without_grad = False
+
+    def run(self, inputs: tuple) -> tuple:
+        raise NotImplementedError
+
+    def forward(self, inputs: tuple) -> tuple:
+        if not (self.constants_without_grad and torch.is_grad_enabled()):
+            return self.run(inputs)
+        const = [i for i in self.passthrough if inputs[i].is_floating_point() and inputs[i].requires_grad]
+        out = list(self.run(tuple(t.detach() if i in const else t for i, t in enumerate(inputs))))
+        for i in const:  # the originals go on (same values), tied to the hidden state with zero weight
+            out[0] = out[0] + inputs[i].reshape(-1)[0].to(out[0].dtype) * 0
+            out[i] = inputs[i]
+        return tuple(out)
 
 
 class CheckpointedLayer(nn.Module):

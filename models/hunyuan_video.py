@@ -287,7 +287,9 @@ class HunyuanEmbedLayer(nn.Module):
 class HunyuanBlockLayer(BlockLayer):
     """One double- or single-stream block, tuple in, tuple out."""
 
-    def forward(self, inputs: tuple) -> tuple:
+    passthrough = (2, 3, 4, 5, 6)
+
+    def run(self, inputs: tuple) -> tuple:
         hidden, text, temb, mask, cos, sin, grid = inputs
         hidden, text = self.block(hidden, text, temb, mask, (cos, sin))
         return hidden.contiguous(), text.contiguous(), temb, mask, cos, sin, grid

@@ -224,7 +224,9 @@ class WanEmbedLayer(nn.Module):
 class WanBlockLayer(BlockLayer):
     """One transformer block, tuple in, tuple out."""
 
-    def forward(self, inputs: tuple) -> tuple:
+    passthrough = (1, 2, 3, 4, 5, 6)
+
+    def run(self, inputs: tuple) -> tuple:
         hidden, text, tproj, temb, cos, sin, grid = inputs
         hidden = self.block(hidden, text, tproj, (cos, sin))
         return hidden, text, tproj, temb, cos, sin, grid

@@ -5,13 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from synthetic import moving_square
 
 from config import load_config
 from config.errors import ConfigError, UserError
 from datasets import media
 from datasets.prepare_job import PrepareRequest, prepare_job
 from models import detect_family, make_adapter
-from synthetic import moving_square
 
 
 def test_fps_zero_means_the_families_rate_and_fractions_below_one_are_refused():

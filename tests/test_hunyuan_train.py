@@ -140,3 +140,20 @@ def test_data_parallel_ranks_end_identical(job, tmp_path):
     summary = json.loads((run_folder(tmp_path) / "summary.json").read_text())
     sums = summary["lora_checksum_per_rank"]
     assert summary["world_size"] == 2 and len(sums) == 2 and sums[0] == sums[1] and sums[0] != 0
+
+
+@pytest.mark.skipif(DEEPSPEED is None, reason="deepspeed launcher not installed")
+def test_two_stage_pipeline_matches_single_stage(job, tmp_path):
+    """Double- and single-stream blocks split over 2 pipeline stages train as one process does."""
+    one = run_train(job, "training.reference_steps=0", out=str(tmp_path / "one"))
+    two = run_train(job, "training.reference_steps=0", "training.pipeline_stages=2", launcher="deepspeed",
+                    out=str(tmp_path / "two"))
+    assert one.returncode == 0 and two.returncode == 0, (one.stderr + two.stderr)[-3000:]
+
+    def losses(out: Path) -> list[float]:
+        lines = (run_folder(out) / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines if '"loss"' in line]
+
+    a, b = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(a) == 2
+    np.testing.assert_allclose(a, b, rtol=2e-3)

@@ -282,3 +282,33 @@ def test_loading_every_component_is_quiet(tiny_wan_diffusers, tiny_wan_original,
     assert not [r.getMessage() for r in records]
     for noise in ("should be kept in float32", "LOAD REPORT", "UNEXPECTED", "requires torchvision"):
         assert noise not in err
+
+
+def test_pipeline_blocks_skip_constant_gradients_but_train_the_same(tiny_wan_diffusers):
+    """Pipeline runs (engine.trainer.pipeline_layers): the per-step constants crossing a stage boundary require
+    grad, but blocks compute no gradient for them (only a zero one, which DeepSpeed needs to send back); the
+    prediction and the LoRA gradients stay exactly those of the plain layer list."""
+    from engine.trainer import GradBoundary, pipeline_layers
+
+    a = WanAdapter(tiny_wan_diffusers, dtype=torch.float32)
+    params = add_lora(a.load_transformer(), a.lora_target_modules(), 4, 4.0)
+    randomize_lora(a.load_transformer())
+    x, t, c = inputs()
+
+    def step(layers: list) -> tuple[torch.Tensor, list[torch.Tensor], tuple]:
+        first = a.first_layer_input(x, t, c)
+        boundary = GradBoundary()(layers[0](first))  # what a later stage receives: every float requires grad
+        out = run_layers(checkpoint_layers(layers[2:]), boundary)
+        const = [v for v in boundary[1:] if v.requires_grad]
+        grads = torch.autograd.grad(out.square().mean(), [*params, *const], allow_unused=True)
+        return out, list(grads[:len(params)]), grads[len(params):]
+
+    plain_out, plain_grads, plain_const = step([*a.layers()[:1], GradBoundary(), *a.layers()[1:]])
+    out, grads, const = step(pipeline_layers(a, 2))
+    assert torch.equal(out, plain_out)
+    for u, v in zip(plain_grads, grads):
+        torch.testing.assert_close(u, v, rtol=0, atol=1e-7)
+    text, tproj, temb = 0, 1, 2  # positions in `const`: (text, tproj, temb, cos, sin)
+    for i in (text, tproj):  # used by every block: a real gradient before, a zero one now
+        assert plain_const[i].abs().sum() > 0 and torch.count_nonzero(const[i]) == 0
+    torch.testing.assert_close(const[temb], plain_const[temb])  # only the head uses it: its gradient stays
