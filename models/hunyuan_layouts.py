@@ -107,6 +107,17 @@ def module_from_original(original: str) -> str | None:
     return None
 
 
+def original_from_underscored(name: str) -> str | None:
+    """kohya/musubi-tuner's module name (`double_blocks_0_img_mlp_fc1`: every dot an underscore) -> the original
+    dotted name (`double_blocks.0.img_mlp.fc1`), found among the model's known module names; None if unknown."""
+    for _, (orig_prefix, plain, fused) in _KINDS.items():
+        m = re.fullmatch(rf"{re.escape(orig_prefix.replace('.', '_'))}_(\d+)_(.+)", name)
+        if m:
+            known = {n.replace(".", "_"): n for n in [*plain.values(), *fused]}
+            return f"{orig_prefix}.{m[1]}.{known[m[2]]}" if m[2] in known else None
+    return {n.replace(".", "_"): n for n in _GLOBAL.values()}.get(name)
+
+
 def fused_parts(original: str) -> list[str] | None:
     """An original fused module (e.g. `double_blocks.3.img_attn_qkv`) -> its diffusers modules, in order."""
     for prefix, (orig_prefix, _, fused) in _KINDS.items():

@@ -9,6 +9,7 @@ Layouts (key of one module's down matrix):
              model's width, 3072). The default.
   diffusers  `transformer.transformer_blocks.0.attn.to_q.lora_A.weight`: diffusers' own names (lossless, no fusing).
   peft       the same names without the prefix.
+  musubi     `lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight` + `.alpha` (musubi-tuner, kohya): read only.
 Fusing: the parts of a fused linear get one LoRA whose down matrix stacks theirs and whose up matrix is block
 diagonal, so the update of every part is exactly its own (rank = sum of the parts' ranks). Reading unfuses it
 and drops the all-zero columns each part's up matrix has, which restores the parts' own ranks.
@@ -48,7 +49,10 @@ _DIFFUSERS_ROOTS = ("transformer_blocks.", "single_transformer_blocks.", "contex
 
 
 def _layout_of(name: str) -> tuple[str, str] | None:
-    """(layout, module name without prefix) of a module name, or None."""
+    """(layout, module name without prefix, original names dotted) of a module name, or None."""
+    if name.startswith("lora_unet_"):  # kohya / musubi-tuner
+        original = hl.original_from_underscored(name.removeprefix("lora_unet_"))
+        return ("musubi", original) if original else None
     for prefix in ("diffusion_model.", "transformer.", "base_model.model.", ""):
         if name.startswith(prefix):
             rest = name[len(prefix):]
@@ -91,7 +95,7 @@ def to_peft(sd: Mapping[str, torch.Tensor], hidden_size: int | None = None
         halves.setdefault(parsed[1], {})[split[1]] = value
     if bad:
         if not halves:
-            raise LoraFormatError(f"Unknown LoRA key layout (not a HunyuanVideo comfyui/diffusers/peft LoRA). "
+            raise LoraFormatError(f"Unknown LoRA key layout (not a HunyuanVideo comfyui/diffusers/musubi/peft LoRA). "
                                   f"Sample keys: {_samples(list(sd))}")
         raise LoraFormatError(f"{len(bad)} keys of this LoRA match no HunyuanVideo module: {_samples(bad, 10)}")
     if incomplete := [m for m, h in halves.items() if "lora_A.weight" not in h or "lora_B.weight" not in h]:

@@ -111,3 +111,28 @@ def test_other_layouts_and_families_are_told_apart(adapter, tmp_path):
                "diffusion_model.blocks.0.self_attn.q.lora_B.weight": torch.zeros(8, 4)}, str(wan))
     with pytest.raises(LoraFormatError, match="not a HunyuanVideo"):
         load_lora(wan)
+
+
+def test_musubi_layout_reads_as_the_same_updates(adapter, tmp_path):
+    """kohya/musubi-tuner files (`lora_unet_` + underscored original names, lora_down/lora_up, `.alpha`) load with
+    every update equal to the comfyui file they were renamed from."""
+    from safetensors.torch import save_file
+
+    sd = random_lora(adapter, adapter.lora_target_modules())
+    path = save_lora(tmp_path / "c.safetensors", sd, rank=4, alpha=8.0, base_model=adapter.base_model_name(),
+                     trigger="", dtype=torch.float32)
+    musubi = {}
+    for key, value in load_file(path).items():
+        module, part = key.removeprefix("diffusion_model.").rsplit(".lora_", 1)
+        name = "lora_unet_" + module.replace(".", "_")
+        musubi[f"{name}.lora_{'down' if part.startswith('A') else 'up'}.weight"] = value
+        if part.startswith("A"):
+            musubi[f"{name}.alpha"] = torch.tensor(float(value.shape[0]))  # scale 1: alpha was folded into B
+    save_file(musubi, tmp_path / "m.safetensors")
+    assert any(k.startswith("lora_unet_double_blocks_0_img_mlp_fc1") for k in musubi)
+    peft_c, alphas_c, _ = load_lora(path)
+    peft_m, alphas_m, _ = load_lora(tmp_path / "m.safetensors")
+    assert set(peft_m) == set(peft_c)
+    want, got = updates(peft_c, alphas_c), updates(peft_m, alphas_m)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-6, atol=1e-7)
