@@ -8,7 +8,9 @@ frames) continues on reference samples mixed with video samples (paper Sec. 3.3)
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import json
 import math
 import re
@@ -134,14 +136,19 @@ class Trainer:
         t = cfg.training
         layers = pipeline_layers(adapter, t.pipeline_stages)
         mixed_shapes = any(len(s.mix) > 1 for s in stages) or len(stages) > 1
-        module = PipelineModule(
-            layers=layers, num_stages=t.pipeline_stages, loss_fn=pipeline_loss, partition_method="parameters",
-            activation_checkpoint_interval=1 if t.activation_checkpointing else 0,
-            # DeepSpeed's own non-reentrant checkpoint: with any other function it assumes reentrant
-            # checkpointing and makes every input require grad (17% more compute per step, measured).
-            activation_checkpoint_func=non_reentrant_checkpoint,
-            dynamic_shape=mixed_shapes and t.pipeline_stages > 1,
-        )
+        # DeepSpeed print()s its seeds, topology and layer partition on every run: kept in the run folder instead
+        with contextlib.redirect_stdout(io.StringIO()) as partition:
+            module = PipelineModule(
+                layers=layers, num_stages=t.pipeline_stages, loss_fn=pipeline_loss, partition_method="parameters",
+                activation_checkpoint_interval=1 if t.activation_checkpointing else 0,
+                # DeepSpeed's own non-reentrant checkpoint: with any other function it assumes reentrant
+                # checkpointing and makes every input require grad (17% more compute per step, measured).
+                activation_checkpoint_func=non_reentrant_checkpoint,
+                dynamic_shape=mixed_shapes and t.pipeline_stages > 1,
+            )
+        if dist.rank == 0 and partition.getvalue():
+            run_dir.path.mkdir(parents=True, exist_ok=True)
+            (run_dir.path / "pipeline.txt").write_text(partition.getvalue(), encoding="utf-8")
         params = [p for p in module.parameters() if p.requires_grad]
         optimizer = make_optimizer(params, cfg)
         self.total_steps = sum(s.steps for s in stages)
