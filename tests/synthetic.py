@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+from PIL import Image
+
+from datasets import media
 
 
 def moving_square(t: int, w: int, h: int, *, top: int, side: int, x0: int, step: int, margin: int = 0,
@@ -18,3 +23,24 @@ def moving_square(t: int, w: int, h: int, *, top: int, side: int, x0: int, step:
         frames[i, top:top + side, x:x + side] = color
         masks[i, max(top - margin, 0):top + side + margin, max(x - margin, 0):x + side + margin] = True
     return frames, masks
+
+
+def write_square_job(root: Path, ckpt: Path, *, t: int, w: int, h: int, steps: int, step: int = 3,
+                     model_type: str = "wan") -> Path:
+    """A job folder for inference tests: the moving square (mask with a 2 px margin) as src.mp4 at 16 fps, a
+    mask folder, the first frame with the square's left part painted blue as edited.png, and edit.toml."""
+    frames, masks = moving_square(t, w, h, top=10, side=12, x0=6, step=step, margin=2)
+    media.write_video(root / "src.mp4", frames, 16)
+    (root / "masks").mkdir()
+    for i, m in enumerate(masks):
+        Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / f"{i}.png")
+    edited = frames[0].copy()
+    edited[10:22, 6:18] = (40, 40, 250)
+    Image.fromarray(edited).save(root / "edited.png")
+    (root / "edit.toml").write_text(
+        f"[model]\ntype = '{model_type}'\nckpt_path = '{ckpt}'\ndtype = 'float32'\n"
+        "[data]\nvideo = 'src.mp4'\nmask = 'masks'\nedited_frame = 'edited.png'\ncaption = 'a yellow square'\n"
+        f"edited_caption = 'a blue square'\nfps = 16.0\nframes = {t}\nwidth = {w}\nheight = {h}\n"
+        f"[inference]\nsteps = {steps}\n"
+    )
+    return root

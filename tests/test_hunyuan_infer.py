@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from synthetic import write_square_job
 
 from config import load_config
 from config.schema import HUNYUAN_NEGATIVE_PROMPT
-from datasets import media
 from datasets.job import load_job
 
 T, H, W = 9, 32, 48
@@ -28,38 +28,10 @@ ATOL = 1e-5
 PROMPT = "p3rs0n, a blue square"
 
 
-def render() -> tuple[np.ndarray, np.ndarray]:
-    yy, xx = np.mgrid[0:H, 0:W]
-    bg = np.stack([xx * 255 // W, yy * 255 // H, np.full_like(xx, 160)], -1).astype(np.uint8)
-    frames, masks = [], []
-    for i in range(T):
-        f, m = bg.copy(), np.zeros((H, W), bool)
-        x = 6 + 2 * i
-        f[10:22, x:x + 12] = (250, 250, 40)
-        m[8:24, x - 2:x + 14] = True
-        frames.append(f)
-        masks.append(m)
-    return np.stack(frames), np.stack(masks)
-
-
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_hunyuan_diffusers) -> Path:
-    root = tmp_path_factory.mktemp("hunyuan-job")
-    frames, masks = render()
-    media.write_video(root / "src.mp4", frames, 16)
-    (root / "masks").mkdir()
-    for i, m in enumerate(masks):
-        Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / f"{i}.png")
-    edited = frames[0].copy()
-    edited[10:22, 6:18] = (40, 40, 250)
-    Image.fromarray(edited).save(root / "edited.png")
-    (root / "edit.toml").write_text(
-        f"[model]\ntype = 'hunyuan_video'\nckpt_path = '{tiny_hunyuan_diffusers}'\ndtype = 'float32'\n"
-        "[data]\nvideo = 'src.mp4'\nmask = 'masks'\nedited_frame = 'edited.png'\ncaption = 'a yellow square'\n"
-        f"edited_caption = 'a blue square'\nfps = 16.0\nframes = {T}\nwidth = {W}\nheight = {H}\n"
-        f"[inference]\nsteps = {STEPS}\n"
-    )
-    return root
+    return write_square_job(tmp_path_factory.mktemp("hunyuan-job"), tiny_hunyuan_diffusers, t=T, w=W, h=H,
+                            steps=STEPS, step=2, model_type="hunyuan_video")
 
 
 @pytest.fixture(scope="module")

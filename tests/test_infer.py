@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synthetic import moving_square
+from synthetic import write_square_job
 
 from config import load_config
 from config.schema import WAN_NEGATIVE_PROMPT
@@ -36,29 +36,9 @@ TARGETS = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to
            "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2"]
 
 
-def render() -> tuple[np.ndarray, np.ndarray]:
-    """A gradient with a yellow square moving right; the mask covers the square with a margin."""
-    return moving_square(T, W, H, top=10, side=12, x0=6, step=3, margin=2)
-
-
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_wan_diffusers) -> Path:
-    root = tmp_path_factory.mktemp("infer-job")
-    frames, masks = render()
-    media.write_video(root / "src.mp4", frames, 16)
-    (root / "masks").mkdir()
-    for i, m in enumerate(masks):
-        Image.fromarray(m.astype(np.uint8) * 255).save(root / "masks" / f"{i}.png")
-    edited = frames[0].copy()
-    edited[10:22, 6:18] = (40, 40, 250)
-    Image.fromarray(edited).save(root / "edited.png")
-    (root / "edit.toml").write_text(
-        f"[model]\nckpt_path = '{tiny_wan_diffusers}'\ndtype = 'float32'\n"
-        "[data]\nvideo = 'src.mp4'\nmask = 'masks'\nedited_frame = 'edited.png'\ncaption = 'a yellow square'\n"
-        f"edited_caption = 'a blue square'\nfps = 16.0\nframes = {T}\nwidth = {W}\nheight = {H}\n"
-        f"[inference]\nsteps = {STEPS}\n"
-    )
-    return root
+    return write_square_job(tmp_path_factory.mktemp("infer-job"), tiny_wan_diffusers, t=T, w=W, h=H, steps=STEPS)
 
 
 @pytest.fixture(scope="module")
