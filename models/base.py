@@ -84,6 +84,12 @@ class ModelAdapter(ABC):
         the offloaded blocks to the compute device, so the whole model never has to fit there.
         """
 
+    def _get(self, name: str, loader) -> object:
+        """Component `name`, loaded by `loader()` on first use."""
+        if name not in self.components:
+            self.components[name] = loader()
+        return self.components[name]
+
     def unload(self, *names: str) -> None:
         """Drop loaded components (all when no name is given) and return their memory."""
         for name in names or list(self.components):

@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from transformers import AutoTokenizer, CLIPTextModel, LlavaForConditionalGeneration
 
 from models import hunyuan_layouts as hl
-from models.wan_loading import CLIPImageProcessor, WeightsError, _from_state_dict
+from models.wan_loading import CLIPImageProcessor, WeightsError, _from_state_dict, checked_paths
 
 _DIFFUSERS_DIRS = {"vae": ["vae"], "text_encoder": ["text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2",
                                                     "image_processor"],
@@ -54,12 +54,7 @@ class HunyuanWeights:
     """Where each HunyuanVideo-I2V component lives, and how to load it in a given dtype."""
 
     def __init__(self, ckpt_path: str | Path, transformer_path: str | Path | None = None) -> None:
-        self.root = Path(ckpt_path)
-        self.transformer_file = Path(transformer_path) if transformer_path else None
-        if not self.root.exists():
-            raise WeightsError(f"model.ckpt_path '{self.root}' does not exist")
-        if self.transformer_file is not None and not self.transformer_file.is_file():
-            raise WeightsError(f"model.transformer_path '{self.transformer_file}' is not a file")
+        self.root, self.transformer_file = checked_paths(ckpt_path, transformer_path)
         try:
             self.layout = hl.detect_layout(self.root)
         except ValueError as e:

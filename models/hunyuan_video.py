@@ -81,11 +81,6 @@ class HunyuanVideoAdapter(ModelAdapter):
         self._config: dict | None = None
 
     # -- components -------------------------------------------------------------------------------
-    def _get(self, name: str, loader) -> object:
-        if name not in self.components:
-            self.components[name] = loader()
-        return self.components[name]
-
     def load_vae(self) -> AutoencoderKLHunyuanVideo:
         def load() -> AutoencoderKLHunyuanVideo:
             vae = self.weights.vae(self.vae_dtype).to(self.device).eval()

@@ -80,11 +80,6 @@ class WanAdapter(ModelAdapter):
         self.temporal_compression, self.spatial_compression = self.weights.vae_scale_factors()
 
     # -- components -------------------------------------------------------------------------------
-    def _get(self, name: str, loader) -> object:
-        if name not in self.components:
-            self.components[name] = loader()
-        return self.components[name]
-
     def load_vae(self) -> AutoencoderKLWan:
         return self._get("vae", lambda: self.weights.vae(self.vae_dtype).to(self.device).eval())
 

@@ -45,16 +45,22 @@ _DIFFUSERS_DIRS = {"vae": ["vae"], "text_encoder": ["text_encoder", "tokenizer"]
                    "image_encoder": ["image_encoder", "image_processor"], "transformer": ["transformer"]}
 
 
+def checked_paths(ckpt_path: str | Path, transformer_path: str | Path | None) -> tuple[Path, Path | None]:
+    """model.ckpt_path (must exist) and the optional model.transformer_path (must be a file) as Paths."""
+    root = Path(ckpt_path)
+    transformer_file = Path(transformer_path) if transformer_path else None
+    if not root.exists():
+        raise WeightsError(f"model.ckpt_path '{root}' does not exist")
+    if transformer_file is not None and not transformer_file.is_file():
+        raise WeightsError(f"model.transformer_path '{transformer_file}' is not a file")
+    return root, transformer_file
+
+
 class WanWeights:
     """Where each Wan component lives, and how to load it in a given dtype."""
 
     def __init__(self, ckpt_path: str | Path, transformer_path: str | Path | None = None) -> None:
-        self.root = Path(ckpt_path)
-        self.transformer_file = Path(transformer_path) if transformer_path else None
-        if not self.root.exists():
-            raise WeightsError(f"model.ckpt_path '{self.root}' does not exist")
-        if self.transformer_file is not None and not self.transformer_file.is_file():
-            raise WeightsError(f"model.transformer_path '{self.transformer_file}' is not a file")
+        self.root, self.transformer_file = checked_paths(ckpt_path, transformer_path)
         try:
             self.layout = wan_layouts.detect_layout(self.root)
             if self.transformer_file is not None:
