@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from config.errors import UserError
-from config.schema import Config
+from config.schema import FAMILY_DEFAULTS, Config
 
 _WAN14B = dict(patch_size=[1, 2, 2], num_attention_heads=40, attention_head_dim=128, in_channels=36, out_channels=16,
                text_dim=4096, freq_dim=256, ffn_dim=13824, num_layers=40, cross_attn_norm=True,
@@ -134,7 +134,6 @@ class PlanFamily:
     variants: dict[str, Variant]
     shapes: Callable[[dict, tuple[int, int], int, int, int], InputShapes]
     folder_config: Callable[[Path], tuple[dict, tuple[int, int], dict | None]]
-    default_size: tuple[int, int] = (480, 832)  # (height, width) when the config says 0
     # Config keys of the repeated blocks' counts, in layer-list order. Block swap offloads the last blocks, and
     # composed plans vary the last count (the blocks before are kept as they are).
     block_keys: tuple[str, ...] = ("num_layers",)
@@ -148,7 +147,7 @@ FAMILIES = {
                       WAN_VARIANTS, _wan_shapes, _wan_folder_config),
     "hunyuan_video": PlanFamily("models.hunyuan_video:HunyuanVideoAdapter", "diffusers:HunyuanVideoTransformer3DModel",
                                 "diffusers:AutoencoderKLHunyuanVideo", HUNYUAN_VARIANTS, _hunyuan_shapes,
-                                _hunyuan_folder_config, (720, 1280), ("num_layers", "num_single_layers"),
+                                _hunyuan_folder_config, ("num_layers", "num_single_layers"),
                                 {"_config": None}),
 }
 
@@ -280,5 +279,5 @@ def weightless_adapter(spec: ModelSpec, model: nn.Module, cfg: Config):
 
 def job_size(cfg: Config, spec: ModelSpec) -> tuple[int, int, int]:
     """(frames, height, width) of the job's window; unset sizes take the family's landscape default."""
-    h0, w0 = FAMILIES[spec.family].default_size
+    w0, h0 = FAMILY_DEFAULTS[spec.family].size
     return cfg.data.frames, cfg.data.height or h0, cfg.data.width or w0

@@ -60,3 +60,12 @@ def test_prepare_takes_the_family_rate_and_size_from_the_model_folder(tiny_hunyu
     wan = PrepareRequest(video=tmp_path / "clip.mp4", edited_frame=tmp_path / "edited.png", out=tmp_path / "w",
                          overrides=["model.type='wan'"])
     assert (wan.family, wan.fps) == ("wan", 16.0)
+
+
+def test_plans_use_the_family_size_when_the_config_leaves_it_automatic():
+    from engine.plan_model import job_size, resolve_model
+
+    hunyuan = load_config(None, ["model.type='hunyuan_video'", "data.frames=33"], check_paths=False)
+    assert job_size(hunyuan, resolve_model(hunyuan, "hunyuanvideo-i2v")) == (33, 368, 624)
+    wan = load_config(None, check_paths=False)
+    assert job_size(wan, resolve_model(wan, "wan2.1-i2v-14b-480p"))[1:] == (480, 832)
