@@ -156,7 +156,9 @@ def test_stage_two_continues_on_reference_samples(job, tmp_path):
 
 
 def test_sigterm_then_resume_equals_uninterrupted(job, tmp_path):
-    common = ("training.steps=8", "training.checkpoint_every_n_steps=0")
+    # Enough steps that the SIGTERM (sent once 3 are logged) lands mid-training even at ~40 steps/s
+    steps = 60
+    common = (f"training.steps={steps}", "training.checkpoint_every_n_steps=0")
     full = run_train(job, *common, out=str(tmp_path / "full"))
     assert full.returncode == 0, full.stderr[-3000:]
 
@@ -171,7 +173,7 @@ def test_sigterm_then_resume_equals_uninterrupted(job, tmp_path):
         runs = list((out / "tiny").glob("*/metrics.jsonl")) if (out / "tiny").exists() else []
         if runs and len(runs[0].read_text().splitlines()) >= 3:
             break
-        time.sleep(0.2)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 0, stderr[-3000:]
@@ -180,7 +182,7 @@ def test_sigterm_then_resume_equals_uninterrupted(job, tmp_path):
     assert not (run / "lora.safetensors").exists()
     resumed = run_train(job, *common, out=str(out), extra=("--resume",))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert [m["step"] for m in metrics(run)] == list(range(1, 9))
+    assert [m["step"] for m in metrics(run)] == list(range(1, steps + 1))
     a = load_file(run_folder(tmp_path / "full") / "lora.safetensors")
     b = load_file(run / "lora.safetensors")
     for k in a:
