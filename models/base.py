@@ -213,7 +213,8 @@ class BlockLayer(nn.Module):
         self.constants_without_grad = False
 
     def run(self, inputs: tuple) -> tuple:
-        raise NotImplementedError
+        """The block on one layer tuple; every family's block layer defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must define run(inputs)")
 
     def forward(self, inputs: tuple) -> tuple:
         if not (self.constants_without_grad and torch.is_grad_enabled()):

@@ -4,10 +4,6 @@ output as ours), 2-process data parallel, and the layer list equal to the model'
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +11,11 @@ import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+from train_runs import DEEPSPEED, run_folder, run_train
 
 from config import load_config
 from datasets import media
 
-REPO = Path(__file__).resolve().parents[1]
-DEEPSPEED = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
 T, H, W = 9, 32, 48
 
 
@@ -55,23 +50,6 @@ def job(tmp_path_factory, tiny_hunyuan_diffusers) -> Path:
         "save_every_n_steps = 0\ncheckpoint_every_n_minutes = 0\n[optimizer]\nlr = 1e-3\n[inference]\nsteps = 2\n"
     )
     return root
-
-
-def run_train(job: Path, *overrides: str, launcher: str = "python", out: str) -> subprocess.CompletedProcess:
-    args = ["--config", str(job / "edit.toml"), "--set", f"output_dir='{out}'"]
-    for o in overrides:
-        args += ["--set", o]
-    if launcher == "python":
-        cmd = [sys.executable, "train.py", *args]
-    else:
-        cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(29700 + os.getpid() % 500), "train.py", *args]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900, env=env)
-
-
-def run_folder(out: Path) -> Path:
-    (run,) = [p for p in (out / "tiny").iterdir() if p.is_dir()]
-    return run
 
 
 def test_layers_equal_the_model_forward(tiny_hunyuan_diffusers):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,12 +17,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 from synthetic import moving_square
+from train_runs import DEEPSPEED, REPO, run_folder, run_train
 
 from config import load_config
 from datasets import media
-
-REPO = Path(__file__).resolve().parents[1]
-DEEPSPEED = shutil.which("deepspeed", path=str(Path(sys.executable).parent)) or shutil.which("deepspeed")
 
 
 def render(t: int, w: int = 64, h: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -50,24 +47,6 @@ def job(tmp_path_factory, tiny_wan_diffusers) -> Path:
         "checkpoint_every_n_minutes = 0\n[optimizer]\nlr = 1e-3\n"
     )
     return root
-
-
-def run_train(job: Path, *overrides: str, launcher: str = "python", out: str, timeout: int = 600,
-              extra: tuple = ()) -> subprocess.CompletedProcess:
-    args = ["--config", str(job / "edit.toml"), "--set", f"output_dir='{out}'", *extra]
-    for o in overrides:
-        args += ["--set", o]
-    if launcher == "python":
-        cmd = [sys.executable, "train.py", *args]
-    else:
-        cmd = [DEEPSPEED, "--num_gpus", "2", "--master_port", str(29500 + os.getpid() % 1000), "train.py", *args]
-    env = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
-
-
-def run_folder(out: Path) -> Path:
-    (run,) = [p for p in (out / "tiny").iterdir() if p.is_dir()]
-    return run
 
 
 def metrics(run: Path) -> list[dict]:

@@ -40,6 +40,7 @@ from transformers import (
 )
 
 from models import hunyuan_layouts as hl
+from tools.make_tiny_model import randomize
 
 try:  # transformers 5 without torchvision: the PIL processor, same saved config
     from transformers import CLIPImageProcessorPil as CLIPImageProcessor
@@ -114,23 +115,6 @@ def _clip_tokenizer() -> PreTrainedTokenizerFast:
                                    pad_token="<|endoftext|>", model_max_length=77)
 
 
-def _fill(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
-    """Random values that keep activations sane and make every tensor distinct (so key swaps show)."""
-    x = torch.randn(shape, generator=gen)
-    if name.endswith("weight") and ("norm" in name.rsplit(".", 2)[-2] or len(shape) == 1):
-        return 1.0 + 0.1 * x
-    if name.endswith("bias"):
-        return 0.02 * x
-    fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
-    return x / math.sqrt(fan_in)
-
-
-def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
-    with torch.no_grad():
-        for name, param in module.named_parameters():
-            param.copy_(_fill(name, param.shape, gen))
-
-
 class TinyHunyuan:
     """All components of one tiny HunyuanVideo-I2V model, built from a seed (weights in fp32)."""
 
@@ -157,7 +141,7 @@ class TinyHunyuan:
             vocab_size=64 * math.ceil(len(tok2) / 64), bos_token_id=tok2.bos_token_id, eos_token_id=tok2.eos_token_id,
             pad_token_id=tok2.pad_token_id, **TINY_CLIP_TEXT))
         for model in (self.transformer, self.vae, self.text_encoder, self.text_encoder_2):
-            _randomize(model, gen)
+            randomize(model, gen, norm_like_1d=True)
             model.eval()
         size = TINY_VISION["image_size"]
         self.image_processor = CLIPImageProcessor(

@@ -156,11 +156,12 @@ def _tokenizers(work: Path) -> tuple[T5Tokenizer, XLMRobertaTokenizer, bytes, by
 # ------------------------------------------------------------------------------------------ weights
 
 
-def _fill(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
-    """Random values that keep activations sane and make every tensor distinct (so key swaps show)."""
+def _fill(name: str, shape: torch.Size, gen: torch.Generator, norm_like_1d: bool = False) -> torch.Tensor:
+    """Random values that keep activations sane and make every tensor distinct (so key swaps show).
+    Norm scales (and, with `norm_like_1d`, every 1-D weight) are drawn around 1."""
     x = torch.randn(shape, generator=gen)
     leaf = name.rsplit(".", 2)
-    if name.endswith("gamma") or (name.endswith("weight") and "norm" in leaf[-2]):
+    if name.endswith("gamma") or (name.endswith("weight") and ("norm" in leaf[-2] or norm_like_1d and len(shape) == 1)):
         return 1.0 + 0.1 * x
     if name.endswith("bias"):
         return 0.02 * x
@@ -168,10 +169,11 @@ def _fill(name: str, shape: torch.Size, gen: torch.Generator) -> torch.Tensor:
     return x / math.sqrt(fan_in)
 
 
-def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
+def randomize(module: torch.nn.Module, gen: torch.Generator, norm_like_1d: bool = False) -> None:
+    """Overwrite every parameter of `module` with `_fill`'s values, in parameter order."""
     with torch.no_grad():
         for name, param in module.named_parameters():
-            param.copy_(_fill(name, param.shape, gen))
+            param.copy_(_fill(name, param.shape, gen, norm_like_1d))
 
 
 def _textual_tower(vocab: int, gen: torch.Generator, sizes: Sizes) -> dict[str, torch.Tensor]:
@@ -207,7 +209,7 @@ class TinyWan:
         self.text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=vocab, **sizes["t5"]))
         self.image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**sizes["clip"]))
         for model in (self.transformer, self.vae, self.text_encoder, self.image_encoder):
-            _randomize(model, gen)
+            randomize(model, gen)
             model.eval()
         with torch.no_grad():  # the original .pth is bf16: keep both layouts bit-identical
             for p in self.text_encoder.parameters():
