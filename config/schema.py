@@ -98,6 +98,10 @@ class DataConfig:
         "min", "Pixel->latent mask downsampling: 'min' keeps a cell only if all its pixels are kept.",
         choices=("min", "nearest"),
     )
+    condition_fill: str = opt(
+        "gray", "What the condition video shows where the model generates: 'gray' (0.0, Wan's own empty value), "
+        "'black' or 'noise'.", choices=("gray", "black", "noise"),
+    )
     cache_dir: str = opt("cache", "Folder for cached latents and embeddings.", path="out")
 
 
@@ -125,6 +129,14 @@ class TrainingConfig:
     steps: int = opt(100, "Optimizer steps of stage 1 (the video).", min=0)
     reference_steps: int = opt(100, "Optimizer steps of stage 2 (edited later frames), if any.", min=0)
     reference_ratio: float = opt(0.5, "Share of stage-2 samples that are reference frames.", min=0.0, max=1.0)
+    first_frame_reference: bool = opt(
+        False, "Also train on the edited first frame as a single-frame reference sample in stage 2 (Sec. 3.3.2 "
+        "applied to frame 0; no extra user work).",
+    )
+    appearance_augment: int = opt(
+        0, "Add this many copies of the clip with the edit region recolored (the same in every frame), so the LoRA "
+        "learns the region's motion rather than the source's colors.", min=0, max=64,
+    )
     low_cost: bool = opt(False, "Train on short overlapping clips instead of the whole window (Sec. 4.5).")
     clip_frames: int = opt(13, "Frames per short clip in low-cost mode (4k+1).", min=1, max=81)
     clip_overlap: int = opt(1, "Frames shared by consecutive short clips.", min=0)

@@ -23,9 +23,11 @@ from datasets.samples import (
     Sample,
     inference_sample,
     join_prompt,
+    recolor_region,
     reference_sample,
     short_clip_samples,
     video_sample,
+    with_fill,
 )
 from masks import morphology
 from masks.io import read_mask
@@ -129,6 +131,9 @@ def load_reference_frames(folder: str | Path, fit: FitParams, num_frames: int) -
         if not m:
             raise MediaError(f"{f}: reference frame names must end in the frame index, e.g. 24.png")
         i = int(m.group(1))
+        if i == 0:
+            raise MediaError(f"{f}: frame 0 is data.edited_frame; to also train on it as a reference sample, set "
+                             "training.first_frame_reference = true")
         if not 0 < i < num_frames:
             raise MediaError(f"{f}: frame index {i} is outside the job's frames 1..{num_frames - 1}")
         if i in out:
@@ -155,18 +160,36 @@ def load_job(cfg: Config, edited: bool = True) -> Job:
 
 
 def training_samples(cfg: Config, job: Job) -> dict[str, list[Sample]]:
-    """The samples of each training stage: "video" (stage 1) and "reference" (stage 2, may be empty)."""
+    """The samples of each training stage: "video" (stage 1) and "reference" (stage 2, may be empty).
+
+    `training.appearance_augment = K` adds K copies of the clip whose edit region is recolored (the same way in
+    every frame) to the video samples; `training.first_frame_reference` adds the edited first frame as a
+    single-frame reference sample (Sec. 3.3.2 applied to frame 0)."""
     t, d = cfg.training, cfg.data
     prompt = join_prompt(d.trigger, d.caption)
-    if t.low_cost:
-        video = short_clip_samples(job.frames, job.edit_mask, prompt, t.clip_frames, t.clip_overlap, t.mode)
-    else:
-        video = [video_sample(job.frames, job.edit_mask, prompt, t.mode)]
-    reference = [
-        reference_sample(job.frames[i], edited, job.edit_mask[i], prompt, i)
-        for i, edited in sorted(job.reference.items())
-    ]
-    return {"video": video, "reference": reference}
+
+    def clip_samples(frames: np.ndarray, suffix: str = "") -> list[Sample]:
+        if t.low_cost:
+            out = short_clip_samples(frames, job.edit_mask, prompt, t.clip_frames, t.clip_overlap, t.mode)
+        else:
+            out = [video_sample(frames, job.edit_mask, prompt, t.mode)]
+        for s in out:
+            s.name += suffix
+        return out
+
+    video = clip_samples(job.frames)
+    rng = np.random.default_rng([cfg.seed, 0xA0])
+    for k in range(t.appearance_augment):
+        video += clip_samples(recolor_region(job.frames, job.edit_mask, rng), f"_aug{k}")
+    edited = dict(job.reference)
+    if t.first_frame_reference:
+        if not d.edited_frame:
+            raise UserError(f"{cfg.source or 'config'}: training.first_frame_reference needs data.edited_frame")
+        edited[0] = job.edited_first if job.edited_first is not None else align_frame(d.edited_frame, job.fit)
+    reference = [reference_sample(job.frames[i], frame, job.edit_mask[i], prompt, i)
+                 for i, frame in sorted(edited.items())]
+    fill = [with_fill(s, d.condition_fill, cfg.seed) for s in video + reference]
+    return {"video": fill[:len(video)], "reference": fill[len(video):]}
 
 
 def inference_sample_for(cfg: Config, job: Job, preset: str | None = None) -> Sample:
@@ -174,4 +197,5 @@ def inference_sample_for(cfg: Config, job: Job, preset: str | None = None) -> Sa
     if job.edited_first is None:
         raise UserError(f"{cfg.source or 'config'}: data.edited_frame is not set")
     prompt = join_prompt(cfg.data.trigger, cfg.data.edited_caption or cfg.data.caption)
-    return inference_sample(job.frames, job.edit_mask, job.edited_first, prompt, preset or cfg.inference.mask_preset)
+    sample = inference_sample(job.frames, job.edit_mask, job.edited_first, prompt, preset or cfg.inference.mask_preset)
+    return with_fill(sample, cfg.data.condition_fill, cfg.seed)

@@ -3,7 +3,8 @@
 Inputs are plain arrays already aligned by the media layer: frames uint8 [T, H, W, 3] and the user's
 edit mask bool [T, H, W] (True = may change). Outputs follow DESIGN.md's data contract:
 
-- `v_condition` [3, T, H, W] in [-1, 1], exactly 0.0 where `m_condition` is 0 (Wan's empty-frame value);
+- `v_condition` [3, T, H, W] in [-1, 1], exactly 0.0 where `m_condition` is 0 (Wan's empty-frame value;
+  `with_fill` puts black or noise there instead, an option the toy ablation measures);
 - `m_condition` [1, T, H, W] in {0, 1}, 1 = preserve, 0 = generate;
 - `v_target` [3, T, H, W] in [-1, 1] (None for inference);
 - `prompt` = trigger + caption; `clip_image` = frame 0 of `v_condition`.
@@ -11,6 +12,7 @@ edit mask bool [T, H, W] (True = may change). Outputs follow DESIGN.md's data co
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +22,8 @@ from masks.presets import preset_keep_mask
 
 #: training modes -> the mask preset they train with (paper Sec. 3.1 and 3.3.1)
 MODE_PRESETS = {"loraedit": "loraedit", "naive": "i2v"}
+#: what the condition shows where the model generates: Wan's own empty value (0.0, mid-gray), black, noise
+CONDITION_FILLS = ("gray", "black", "noise")
 
 
 @dataclass
@@ -130,3 +134,39 @@ def inference_sample(source: np.ndarray, edit_mask: np.ndarray, edited_first: np
     condition[0] = edited_first
     return condition_sample(condition, condition, edit_mask, preset, prompt, "inference", "inference",
                             with_target=False)
+
+
+def with_fill(sample: Sample, fill: str, seed: int = 0) -> Sample:
+    """`sample` with its generated regions (m_condition = 0) shown as `fill` instead of 0.0. "noise" is uniform
+    in [-1, 1], drawn from `seed` and the sample's name, so training and inference see the same noise."""
+    if fill == "gray":
+        return sample
+    if fill not in CONDITION_FILLS:
+        raise ValueError(f"unknown condition fill {fill!r}; valid: {', '.join(CONDITION_FILLS)}")
+    if fill == "black":
+        value = torch.full_like(sample.v_condition, -1.0)
+    else:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + sum(map(ord, sample.name)))
+        value = torch.rand(sample.v_condition.shape, generator=g) * 2 - 1
+    v = sample.v_condition + value * (1 - sample.m_condition)
+    return dataclasses.replace(sample, v_condition=v, clip_image=v[:, 0].clone())
+
+
+def recolor_region(frames: np.ndarray, edit_mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The frames with one random appearance change applied inside the edit mask, the same in every frame:
+    a hue rotation (60-300 degrees), saturation and brightness scaled, sometimes inverted. Outside the mask
+    the frames are unchanged. Training on such copies beside the clip (`training.appearance_augment`) keeps a
+    LoRA from tying the edit region's motion to the source's colors."""
+    angle = np.deg2rad(rng.uniform(60, 300))
+    sat, gain, invert = rng.uniform(0.6, 1.4), rng.uniform(0.75, 1.25), rng.random() < 0.25
+    # Hue rotation about the gray axis in YIQ space, with the chroma scaled by `sat`.
+    to_yiq = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    c, s = np.cos(angle) * sat, np.sin(angle) * sat
+    turn = np.array([[gain, 0, 0], [0, c, -s], [0, s, c]])
+    matrix = np.linalg.inv(to_yiq) @ turn @ to_yiq
+    pixels = frames[edit_mask].astype(np.float64) / 255.0
+    if invert:
+        pixels = 1.0 - pixels
+    out = frames.copy()
+    out[edit_mask] = np.clip(np.round(pixels @ matrix.T * 255.0), 0, 255).astype(np.uint8)
+    return out

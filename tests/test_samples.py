@@ -19,10 +19,12 @@ from datasets.job import inference_sample_for, load_job, training_samples
 from datasets.samples import (
     inference_sample,
     join_prompt,
+    recolor_region,
     reference_sample,
     short_clip_ranges,
     short_clip_samples,
     video_sample,
+    with_fill,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,6 +186,9 @@ def test_reference_frame_names_are_checked(job_dir):
     (job_dir / "ref" / "last.png").rename(job_dir / "ref" / "12.png")
     with pytest.raises(media.MediaError, match="outside the job's frames 1..8"):
         load_job(load_config(job_dir / "edit.toml"))
+    (job_dir / "ref" / "12.png").rename(job_dir / "ref" / "0.png")
+    with pytest.raises(media.MediaError, match="frame 0 is data.edited_frame.*first_frame_reference"):
+        load_job(load_config(job_dir / "edit.toml"))
 
 
 def test_empty_and_full_masks_warn(job_dir):
@@ -195,6 +200,47 @@ def test_empty_and_full_masks_warn(job_dir):
         Image.fromarray(np.full((64, 96), 255, np.uint8)).save(job_dir / "masks" / f"{i}.png")
     with pytest.warns(UserWarning, match="covers every pixel"):
         load_job(load_config(job_dir / "edit.toml"))
+
+
+def test_remedy_options_add_augmented_clips_and_the_edited_first_frame(job_dir):
+    cfg = load_config(job_dir / "edit.toml", ["training.appearance_augment=2", "training.first_frame_reference=true"])
+    job = load_job(cfg, edited=False)  # as train.py loads it: the edited first frame is read when needed
+    stages = training_samples(cfg, job)
+    assert [s.name for s in stages["video"]] == ["video", "video_aug0", "video_aug1"]
+    assert [s.name for s in stages["reference"]] == ["reference_0", "reference_4"]
+    first = stages["reference"][0]
+    edited = load_job(cfg).edited_first
+    assert torch.equal(first.v_target[:, 0], torch.from_numpy(edited).permute(2, 0, 1).float() / 127.5 - 1)
+    outside = torch.from_numpy(~job.edit_mask[0])
+    assert torch.equal(first.m_condition[0, 0], outside.float())  # keeps the source outside the mask
+    # Augmented copies: the same motion and background, another appearance inside the edit region.
+    plain, aug = stages["video"][0], stages["video"][1]
+    inside = torch.from_numpy(job.edit_mask)[None].expand_as(plain.v_target)
+    assert torch.equal(plain.v_target[~inside], aug.v_target[~inside])
+    assert (plain.v_target[inside] - aug.v_target[inside]).abs().mean() > 0.1
+    assert training_samples(cfg, job)["video"][1].v_target.equal(aug.v_target)  # deterministic (seed)
+
+
+def test_recolor_region_is_consistent_over_frames_and_stays_inside():
+    frames = np.repeat(clip(1), 5, axis=0)  # five equal frames
+    mask = np.zeros(frames.shape[:3], bool)
+    mask[:, 4:20, 8:30] = True
+    out = recolor_region(frames, mask, np.random.default_rng(3))
+    assert np.array_equal(out[~mask], frames[~mask]) and not np.array_equal(out[mask], frames[mask])
+    assert all(np.array_equal(out[0], out[i]) for i in range(5))  # one transform for every frame
+
+
+@pytest.mark.parametrize("fill", ["black", "noise"])
+def test_condition_fill_changes_only_generated_regions(fill):
+    src, mask = clip(), box_mask()
+    s = video_sample(src, mask, "p")
+    f = with_fill(s, fill, seed=1)
+    keep = (s.m_condition == 1).expand_as(s.v_condition)
+    assert torch.equal(f.v_condition[keep], s.v_condition[keep])
+    gen = f.v_condition[~keep]
+    assert (gen == -1).all() if fill == "black" else gen.std() > 0.4
+    assert torch.equal(with_fill(s, fill, seed=1).v_condition, f.v_condition)  # training and inference agree
+    assert with_fill(s, "gray") is s
 
 
 def test_low_cost_job_yields_short_clips(job_dir):

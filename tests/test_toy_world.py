@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -32,27 +34,61 @@ def test_shapes_move_and_the_background_stays():
     assert np.dot(moved, (dx, dy)) > 0.7 * s.speed * (world.FRAMES - 1)
 
 
-@pytest.mark.parametrize("seed", [world.HELDOUT_SEED0 + i for i in range(6)])
-def test_ground_truth_edit_differs_from_the_source_only_inside_the_mask(seed):
-    case = world.edit_case(seed)
+@pytest.mark.parametrize("kind", world.EDIT_KINDS)
+@pytest.mark.parametrize("seed", [world.HELDOUT_SEED0 + i for i in range(4)])
+def test_every_edit_kind_is_deterministic_and_changes_only_pixels_inside_its_mask(seed, kind):
+    case = world.edit_case(seed, kind)
+    again = world.edit_case(seed, kind)
+    assert np.array_equal(case.source, again.source) and np.array_equal(case.edited, again.edited)
+    assert np.array_equal(case.mask, again.mask) and case.kind == kind
     changed = (case.source != case.edited).any(axis=-1)
-    assert changed.any(), "the edit changed nothing"
-    assert not (changed & ~case.mask).any(), "the edit changed pixels outside the edited shape's mask"
-    assert case.edited_params.shapes[0].color != case.params.shapes[0].color
-    assert case.edited_params.shapes[1:] == case.params.shapes[1:]
-    new = world.SHAPE_COLORS[case.edited_params.shapes[0].color]
-    assert new not in [world.SHAPE_COLORS[s.color] for s in case.params.shapes]
+    assert changed[0].sum() >= 4, "the edit is not visible in the edited first frame"
+    assert not (changed & ~case.mask).any(), "the edit changed pixels outside its mask"
+    assert case.edited_params.shapes[1:] == case.params.shapes[1:]  # other shapes untouched
+    assert case.edited_caption != case.caption  # the caption describes the edit
+    s, e = case.params.shapes[0], case.edited_params.shapes[0]
+    expected = {"recolor": lambda: e.color != s.color and e.kind == s.kind,
+                "shape": lambda: e.kind != s.kind and e.color == s.color,
+                "pattern": lambda: (s.pattern, e.pattern) == ("solid", "striped"),
+                "size": lambda: abs(e.size / s.size - 1) > 0.3,
+                "add_object": lambda: s.badge is None and e.badge is not None}[kind]
+    assert expected(), (s, e)
+    # The added object and the resized shape move with the shape: same path, same motion.
+    assert (e.x, e.y, e.direction, e.speed) == (s.x, s.y, s.direction, s.speed)
+
+
+def test_recolor_picks_a_color_no_shape_of_the_clip_has():
+    for seed in world.heldout_seeds(6):
+        case = world.edit_case(seed)
+        new = world.SHAPE_COLORS[case.edited_params.shapes[0].color]
+        assert new not in [world.SHAPE_COLORS[s.color] for s in case.params.shapes]
+
+
+def test_stripes_and_badges_ride_on_their_shape():
+    p = world.sample_params(1)
+    s = dataclasses.replace(p.shapes[0], pattern="striped", color2="white", spin=0.0, growth=0.0,
+                            badge=world.Badge("disc", "yellow", 0.5, 0.0, 0.4))
+    frames, masks = world.render(dataclasses.replace(p, shapes=(s,)))
+    # The same pixels relative to the shape at every whole-pixel shift: rigid motion.
+    dx, dy = world.DIRECTIONS[s.direction]
+    still = dataclasses.replace(s, speed=0.0)
+    ref, _ = world.render(dataclasses.replace(p, shapes=(still,)))
+    inside = masks[0, 0]
+    assert len(np.unique(frames[0][inside].reshape(-1, 3), axis=0)) > 3  # stripes + badge: several colors
+    assert np.array_equal(frames[0][inside], ref[0][inside])
 
 
 def test_captions_are_made_from_the_parameters():
     p = world.sample_params(5)
     text = world.caption(p)
     for s in p.shapes:
-        assert f"{s.color} {s.kind} moves {s.direction}" in text
+        assert f"{world.describe(s)} moves {s.direction}" in text
     assert text.endswith(f"over a {p.bg_from}-{p.bg_to} gradient")
-    case = world.edit_case(world.HELDOUT_SEED0 + 4)
-    assert case.caption == "a red disc moves down over a sand-pink gradient"
-    assert case.edited_caption == "a cyan disc moves down over a sand-pink gradient"
+    s = world.Shape("disc", "red", 10, 10, "down", 1.0, 0.26 * world.SIZE, 0.0, 0.0, pattern="striped",
+                    color2="white", badge=world.Badge("square", "yellow", 0.5, 0, 0.4))
+    assert world.describe(s) == "a big red and white striped disc with a small yellow block"
+    with pytest.raises(ValueError, match="unknown edit kind"):
+        world.edit_case(world.HELDOUT_SEED0, "blur")
 
 
 def test_heldout_clips_are_disjoint_from_pretraining():

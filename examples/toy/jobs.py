@@ -1,11 +1,11 @@
 """Write a toy edit case as a job folder that train.py / infer.py / evaluate.py read like any other.
 
-    python -m examples.toy.jobs --seed 1000000 --out examples/toy/example
+    python -m examples.toy.jobs --seed 1000000 --edit shape --out jobs/toy-shape
 
 Folder: `source/00000.png ...` (the clip, lossless), `masks/00000.png ...` (white = the edited shape's
 silhouette), `edited_first.png` (frame 0 of the ground-truth edit), `reference/<k>.png` (frame k of the
 ground-truth edit, for stage 2), `truth/00000.png ...` (the whole ground-truth edited clip, for scoring)
-and `case.json` (the world parameters and both captions).
+and `case.json` (the edit kind, the world parameters and both captions).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def write_case(case: world.EditCase, out: Path, reference_index: int | None = No
     Image.fromarray(case.edited[0]).save(out / "edited_first.png")
     (out / "reference").mkdir(exist_ok=True)
     Image.fromarray(case.edited[k]).save(out / "reference" / f"{k}.png")
-    info = {"seed": case.params.seed, "caption": case.caption, "edited_caption": case.edited_caption,
+    info = {"seed": case.params.seed, "edit": case.kind, "caption": case.caption, "edited_caption": case.edited_caption,
             "reference_index": k, "params": dataclasses.asdict(case.params),
             "edited_params": dataclasses.asdict(case.edited_params)}
     (out / "case.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -55,9 +55,10 @@ def read_truth(job: Path) -> tuple[np.ndarray, np.ndarray]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=world.HELDOUT_SEED0, help="world seed (held-out: >= 1000000)")
+    ap.add_argument("--edit", default="recolor", choices=world.EDIT_KINDS, help="what the edit changes")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    case = world.edit_case(args.seed)
+    case = world.edit_case(args.seed, args.edit)
     write_case(case, args.out)
     print(f"{args.out}: {case.caption!r} -> {case.edited_caption!r}")
     return 0

@@ -1,6 +1,6 @@
 """Pretrain the toy Wan VAE for reconstruction: single frames first (cheap), then whole 9-frame clips.
 
-    python -m examples.toy.pretrain_vae [--frames-minutes 8 --clips-minutes 17]
+    python -m examples.toy.pretrain_vae [--frames-minutes 15 --clips-minutes 60]
 
 Resumable: the state (weights, optimizer, phase, step, time used) is saved to $TOY_TRAIN_DIR/vae.pt every
 minute and at the end of each phase; re-running continues where it stopped. The finished VAE is
@@ -53,10 +53,10 @@ def evaluate(vae, bank: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--frames-steps", type=int, default=2500)
-    ap.add_argument("--frames-minutes", type=float, default=8.0)
-    ap.add_argument("--clips-steps", type=int, default=3000)
-    ap.add_argument("--clips-minutes", type=float, default=17.0)
+    ap.add_argument("--frames-steps", type=int, default=20000)
+    ap.add_argument("--frames-minutes", type=float, default=15.0)
+    ap.add_argument("--clips-steps", type=int, default=20000)
+    ap.add_argument("--clips-minutes", type=float, default=60.0)
     ap.add_argument("--frames-batch", type=int, default=16)
     ap.add_argument("--clips-batch", type=int, default=4)
     ap.add_argument("--lr", type=float, default=2e-3)

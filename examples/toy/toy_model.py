@@ -28,16 +28,18 @@ from examples.toy import world
 WORK = Path(os.environ.get("TOY_TRAIN_DIR", "runs/toy-train"))  # checkpoints, caches, logs (not committed)
 MODEL_DIR = Path(__file__).resolve().parent / "model"  # the committed result (diffusers layout)
 # Pretraining clips: world seeds 0 .. TRAIN_CLIPS-1 (held-out clips start at world.HELDOUT_SEED0 = 1,000,000).
-TRAIN_CLIPS = int(os.environ.get("TOY_TRAIN_CLIPS", "4000"))
+TRAIN_CLIPS = int(os.environ.get("TOY_TRAIN_CLIPS", "10000"))
 
 Z_DIM = 16
 VAE_CONFIG: dict[str, Any] = dict(
-    base_dim=16, z_dim=Z_DIM, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
+    base_dim=24, z_dim=Z_DIM, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
     temperal_downsample=[True, True], scale_factor_temporal=4, scale_factor_spatial=4,
     latents_mean=[0.0] * Z_DIM, latents_std=[1.0] * Z_DIM,  # replaced by the encoded data's statistics
 )
+# Patch 1x1 in space: with the VAE's 4x compression a token covers 4x4 pixels of the 32x32 frame (8x8 tokens per
+# latent frame). With the real model's 1x2x2 patch a token would cover 8x8 pixels and a shape only 2x2 tokens.
 TRANSFORMER_SIZES: dict[str, Any] = dict(
-    patch_size=(1, 2, 2), num_attention_heads=4, attention_head_dim=32, freq_dim=64, ffn_dim=384, num_layers=4,
+    patch_size=(1, 1, 1), num_attention_heads=6, attention_head_dim=32, freq_dim=64, ffn_dim=576, num_layers=4,
 )
 # A narrower CLIP vision tower than tools.make_tiny_model's default keeps the committed folder under 10 MB.
 CLIP_SIZES: dict[str, Any] = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2)
@@ -99,7 +101,7 @@ def save_checkpoint(path: Path, state: Mapping[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:
-    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
 
 
 class Budget:
