@@ -1,6 +1,7 @@
 """Scores of one toy edit against its exact ground truth, and the ablation's table and image grid.
 
 Every score is over frames 1..T-1 (frame 0 is the given edited frame under every variant):
+* whole frame: PSNR (of the MSE over those frames) and SSIM against the ground-truth edited clip;
 * kept region (outside the edited shape's mask) and edit region (inside it): PSNR and SSIM against the
   ground-truth edited clip (`engine.metrics`, region-restricted SSIM);
 * color error: CIE76 difference of the mean Lab color of the edit region, result vs ground truth;
@@ -25,8 +26,8 @@ from engine import metrics
 
 COLOR_TOL = 25.0  # Lab distance: a pixel "has the edit color"
 LOST_PENALTY = 16.0  # pixels (half the 32 px frame) for a frame where the edited shape is not found
-SCORES = ("kept_psnr", "kept_ssim", "edit_psnr", "edit_ssim", "color_error", "trajectory_error", "detected",
-          "motion_error")
+SCORES = ("whole_psnr", "whole_ssim", "kept_psnr", "kept_ssim", "edit_psnr", "edit_ssim", "color_error",
+          "trajectory_error", "detected", "motion_error")
 
 
 def _centroid(frame: np.ndarray, target_lab: np.ndarray) -> np.ndarray | None:
@@ -56,6 +57,7 @@ def score_edit(result: np.ndarray, truth: np.ndarray, mask: np.ndarray, without:
     per: dict[str, list[float]] = {k: [] for k in SCORES}
     for t in range(1, len(truth)):
         keep, edit = ~mask[t], mask[t]
+        per["whole_ssim"].append(metrics.ssim(result[t], truth[t]))
         per["kept_psnr"].append(min(metrics.psnr(result[t], truth[t], keep), 100.0))
         per["kept_ssim"].append(metrics.ssim(result[t], truth[t], keep))
         if not edit.any():  # the shape left the frame: nothing to score in the edit region
@@ -74,7 +76,9 @@ def score_edit(result: np.ndarray, truth: np.ndarray, mask: np.ndarray, without:
             want, got = _shape_centroid(truth[t], without[t], other), _shape_centroid(result[t], without[t], other)
             if want is not None:
                 per["motion_error"].append(LOST_PENALTY if got is None else float(np.linalg.norm(got - want)))
-    return {k: float(np.mean(v)) if v else float("nan") for k, v in per.items()}
+    scores = {k: float(np.mean(v)) if v else float("nan") for k, v in per.items()}
+    scores["whole_psnr"] = future_psnr(result, truth)
+    return scores
 
 
 def future_psnr(result: np.ndarray, truth: np.ndarray) -> float:
@@ -99,7 +103,8 @@ def summarize(rows: Sequence[dict], key: str) -> dict[str, dict[str, float]]:
 
 
 def markdown_table(summary: dict[str, dict[str, float]], labels: dict[str, str]) -> str:
-    cols = [("kept_psnr", "kept PSNR dB", 2), ("kept_ssim", "kept SSIM", 3), ("edit_psnr", "edit PSNR dB", 2),
+    cols = [("whole_psnr", "PSNR dB", 2), ("whole_ssim", "SSIM", 3), ("kept_psnr", "kept PSNR dB", 2),
+            ("kept_ssim", "kept SSIM", 3), ("edit_psnr", "edit PSNR dB", 2),
             ("edit_ssim", "edit SSIM", 3), ("color_error", "color err (Lab)", 1),
             ("trajectory_error", "trajectory err px", 2), ("detected", "shape found", 2),
             ("motion_error", "motion err px", 2)]
@@ -125,32 +130,24 @@ def image_grid(rows: Sequence[tuple[str, np.ndarray]], scale: int = 4) -> Image.
     return grid
 
 
-# (claim, variant, baseline variant, score, True if lower is better)
-CLAIMS = [
-    ("mask-aware LoRA keeps the background better than naive LoRA", "c", "b", "kept_psnr", False),
-    ("mask-aware LoRA keeps the background better than the base model", "c", "a", "kept_psnr", False),
-    ("the mask-aware edit follows the source motion (color-blind) better than naive LoRA", "c", "b",
-     "motion_error", True),
-    ("the mask-aware edit follows the source motion (color-blind) better than the base model", "c", "a",
-     "motion_error", True),
-    ("the mask-aware edit keeps the edited color as well as the base model", "c", "a", "color_error", True),
-    ("a reference frame improves the edit region (PSNR)", "d", "c", "edit_psnr", False),
-    ("a reference frame improves the edit color", "d", "c", "color_error", True),
-    ("the low-cost mode keeps the background like the full mode", "e", "c", "kept_psnr", False),
-]
+def paired(rows: Sequence[dict], v: str, base: str, score: str, lower: bool,
+           where: dict | None = None) -> tuple[list[float], int]:
+    """Paired differences v - base of `score` (same clip and seed; rows matching `where`) and how many favour v."""
+    by = {(r["variant"], r["clip"], r["seed"]): r for r in rows
+          if all(r.get(k) == val for k, val in (where or {}).items())}
+    diffs = [by[(v, c, s)][score] - by[(base, c, s)][score] for (name, c, s) in by
+             if name == v and (base, c, s) in by]
+    diffs = [d for d in diffs if not math.isnan(d)]
+    return diffs, sum((d < 0) if lower else (d > 0) for d in diffs)
 
 
-def paired_claims(rows: Sequence[dict]) -> list[str]:
-    """Markdown lines: each claim's paired difference (same clip and seed), mean ± std, and how many runs agree."""
-    by = {(r["variant"], r["clip"], r["seed"]): r for r in rows}
+def paired_claims(rows: Sequence[dict], claims: Sequence[tuple[str, str, str, str, bool]]) -> list[str]:
+    """Markdown lines: each (text, variant, baseline, score, lower is better) claim's paired difference,
+    mean ± std, and how many runs agree."""
     lines = []
-    for text, v, base, score, lower in CLAIMS:
-        keys = [(c, s) for (name, c, s) in by if name == v and (base, c, s) in by]
-        diffs = [by[(v, c, s)][score] - by[(base, c, s)][score] for c, s in keys]
-        diffs = [d for d in diffs if not math.isnan(d)]
-        if not diffs:
-            continue
-        wins = sum((d < 0) if lower else (d > 0) for d in diffs)
-        lines.append(f"- {text}: {v} - {base} {score} = {np.mean(diffs):+.2f} ± {np.std(diffs):.2f} "
-                     f"({'lower' if lower else 'higher'} is better; {v} better in {wins}/{len(diffs)} runs)")
+    for text, v, base, score, lower in claims:
+        diffs, wins = paired(rows, v, base, score, lower)
+        if diffs:
+            lines.append(f"- {text}: {v} - {base} {score} = {np.mean(diffs):+.2f} ± {np.std(diffs):.2f} "
+                         f"({'lower' if lower else 'higher'} is better; {v} better in {wins}/{len(diffs)} runs)")
     return lines
