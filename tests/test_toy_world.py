@@ -82,7 +82,8 @@ def test_captions_are_made_from_the_parameters():
     p = world.sample_params(5)
     text = world.caption(p)
     for s in p.shapes:
-        assert f"{world.describe(s)} moves {s.direction}" in text
+        pace = "quickly" if s.speed > world.FAST * p.size else "slowly"
+        assert f"{world.describe(s)} moves {pace} {s.direction}" in text
     assert text.endswith(f"over a {p.bg_from}-{p.bg_to} gradient")
     s = world.Shape("disc", "red", 10, 10, "down", 1.0, 0.26 * world.SIZE, 0.0, 0.0, pattern="striped",
                     color2="white", badge=world.Badge("square", "yellow", 0.5, 0, 0.4))

@@ -37,6 +37,12 @@ KINDS = ("disc", "square", "ring")
 DIRECTIONS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
 EDIT_KINDS = ("recolor", "shape", "pattern", "size", "add_object")
 SIZE_RANGE = (0.12, 0.30)  # shape radius / half side, as a fraction of the frame
+# Motions come in a few rates the captions name ("moves slowly left", "spins clockwise"), with a little jitter,
+# so a caption and a first frame nearly determine the clip.
+SPEEDS = (0.035, 0.06)  # pixels per frame, as a fraction of the frame: slowly, quickly
+FAST = sum(SPEEDS) / 2
+GROWTH = 0.015  # size change per frame, fraction of the frame
+SPIN = 0.18  # radians per frame; positive turns clockwise on screen (y points down)
 STRIPE_PERIOD = 0.5  # stripe width, in units of the shape's size (a disc of radius r shows four stripes)
 
 
@@ -90,14 +96,14 @@ def _size_word(s: Shape, frame: int) -> str:
     return "small " if r < 0.17 else "big " if r > 0.24 else ""
 
 
-def _motion_words(s: Shape) -> str:
-    words = [f"moves {s.direction}"]
+def _motion_words(s: Shape, frame: int) -> str:
+    words = [f"moves {'quickly' if s.speed > FAST * frame else 'slowly'} {s.direction}"]
     if s.growth > 0:
         words.append("grows")
     elif s.growth < 0:
         words.append("shrinks")
     if s.spin and s.kind == "square":
-        words.append("spins")
+        words.append(f"spins {'clockwise' if s.spin > 0 else 'counterclockwise'}")
     return " and ".join(words) if len(words) < 3 else f"{words[0]}, {words[1]} and {words[2]}"
 
 
@@ -113,7 +119,7 @@ def describe(s: Shape, frame: int = SIZE) -> str:
 
 def caption(p: ClipParams) -> str:
     """"a red disc moves left over a blue-green gradient" (one clause per shape)."""
-    clauses = [f"{describe(s, p.size)} {_motion_words(s)}" for s in p.shapes]
+    clauses = [f"{describe(s, p.size)} {_motion_words(s, p.size)}" for s in p.shapes]
     return f"{' while '.join(clauses)} over a {p.bg_from}-{p.bg_to} gradient"
 
 
@@ -149,10 +155,11 @@ def sample_params(seed: int, frames: int = FRAMES, size: int = SIZE) -> ClipPara
     for i in range(n_shapes):
         kind = str(rng.choice(KINDS))
         r = float(rng.uniform(*SIZE_RANGE) * size)
-        growth = float(rng.choice([0.0, 0.0, 1.0, -1.0]) * rng.uniform(0.01, 0.02) * size)
-        spin = float(rng.uniform(0.1, 0.25) * rng.choice([-1, 1])) if kind == "square" and rng.random() < 0.5 else 0.0
+        growth = float(rng.choice([0.0, 0.0, 1.0, -1.0]) * GROWTH * rng.uniform(0.9, 1.1) * size)
+        spins = kind == "square" and rng.random() < 0.5
+        spin = float(SPIN * rng.uniform(0.9, 1.1) * rng.choice([-1, 1])) if spins else 0.0
         direction = str(rng.choice(list(DIRECTIONS)))
-        speed = float(rng.uniform(0.03, 0.06) * size)
+        speed = float(rng.choice(SPEEDS) * rng.uniform(0.95, 1.05) * size)
         dx, dy = DIRECTIONS[direction]
         travel = speed * (frames - 1)
         # Start where most of the path stays inside the frame (with the largest size along it).
