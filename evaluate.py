@@ -75,10 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not args.result:
         parser.error("--source needs --result PATH")
 
-    from engine.evaluate_job import evaluate, inputs_from_config, inputs_from_paths
-    from engine.evaluate_plot import draw_plot
-    from engine.evaluate_report import summary_text, write_json
-    from engine.generate import one_line_warnings, quiet_torchvision_notice
+    from engine.evaluate.job import evaluate, inputs_from_config, inputs_from_paths
+    from engine.evaluate.plot import draw_plot
+    from engine.evaluate.report import summary_text, write_json
+    from engine.infer.generate import one_line_warnings, quiet_torchvision_notice
 
     quiet_torchvision_notice()
     with one_line_warnings():

@@ -31,7 +31,7 @@ from config.loader import render_toml
 from config.schema import MASK_PRESETS, Config
 
 if TYPE_CHECKING:
-    from engine.infer_job import Replay
+    from engine.infer.job import Replay
 
 # flag -> config key it overrides (so the resolved config in the sidecar holds what was used)
 FLAG_KEYS = {
@@ -107,14 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plan:  # planning needs neither the weights nor the media to exist yet
         if not args.config:
             parser.error("--plan needs --config")
-        from engine.plan import run_plan
+        from engine.plan.job import run_plan
 
         args.overrides = [*args.overrides, *flag_overrides(args)]
         print(run_plan(config_from_args(args, check_paths=False), args, kind="infer"))
         return 0
 
-    from engine.generate import one_line_warnings, parse_lora_arg, quiet_torchvision_notice, resolve_loras
-    from engine.infer_job import read_replay, run_inference
+    from engine.infer.generate import one_line_warnings, parse_lora_arg, quiet_torchvision_notice, resolve_loras
+    from engine.infer.job import read_replay, run_inference
 
     quiet_torchvision_notice()
     with one_line_warnings():
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def load(args: argparse.Namespace, replay: Replay | None) -> Config | None:
     """The config: --config with --set and the flags, or the replayed sidecar's with them. None after
     --print-config."""
-    from engine.infer_job import replay_config
+    from engine.infer.job import replay_config
 
     overrides = [*args.overrides, *flag_overrides(args)]
     if replay is None:

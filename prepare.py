@@ -55,7 +55,7 @@ from pathlib import Path
 from config.cli import add_config_arguments, config_from_args, run
 from config.errors import UserError
 from config.schema import Config
-from datasets.captions import DEFAULT_TASK, TASKS
+from datasets.prepare.captions import DEFAULT_TASK, TASKS
 from masks.auto import AutoMaskSettings
 
 TRIGGER = Config().data.trigger
@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--print-config needs --config")
     if not (args.video and args.edited_frame and args.out):
         parser.error("a new job needs --video, --edited-frame and --out (see the example in --help)")
-    from datasets.prepare_job import PrepareRequest, prepare_job, summary  # heavy imports after parsing
+    from datasets.prepare.job import PrepareRequest, prepare_job, summary  # heavy imports after parsing
 
     req = PrepareRequest(
         video=args.video, edited_frame=args.edited_frame, out=args.out, mask=args.mask, auto_mask=args.auto_mask,

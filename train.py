@@ -38,12 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.plan:  # planning needs neither the weights nor the media to exist yet
-        from engine.plan import run_plan
+        from engine.plan.job import run_plan
 
         print(run_plan(config_from_args(args, check_paths=False), args))
         return 0
     cfg = config_from_args(args)
-    from engine.train_job import run_training  # heavy imports only after the config is valid
+    from engine.train.job import run_training  # heavy imports only after the config is valid
 
     result = run_training(cfg, resume=args.resume or None, resume_requested=args.resume is not None)
     import torch.distributed as td
