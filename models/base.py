@@ -181,13 +181,13 @@ class ModelAdapter(ABC):
         """The expert's transformer, on the compute device; the family's other loaded experts wait in host RAM
         (one large model on the device at a time). A one-expert family: `load_transformer()`."""
         name = self._expert_name(expert)
-        if len(self.experts()) > 1 and self.device.type != "cpu":
-            for other in self.experts():
-                model = self.components.get(other.name)
-                if other.name != name and isinstance(model, nn.Module):
-                    model.to("cpu")
-        model = self.load_transformer(expert=name)
-        return model.to(self.device) if self.device.type != "cpu" else model
+        if len(self.experts()) == 1 or self.device.type == "cpu":
+            return self.load_transformer(expert=name)
+        for other in self.experts():
+            model = self.components.get(other.name)
+            if other.name != name and isinstance(model, nn.Module):
+                model.to("cpu")
+        return self.load_transformer(expert=name).to(self.device)
 
     def _get(self, name: str, loader) -> object:
         """Component `name`, loaded by `loader()` on first use."""
@@ -225,13 +225,29 @@ class ModelAdapter(ABC):
         self.load_transformer(expert=expert).enable_gradient_checkpointing()
 
     # -- encoders ---------------------------------------------------------------------------------
-    @abstractmethod
+    @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, T, H, W] in [-1, 1] -> normalized latents (VAE posterior mode)."""
+        vae = self.load_vae()
+        if (video.shape[2] - 1) % self.temporal_compression:
+            raise ValueError(f"frame count {video.shape[2]} is not 4k+1; the VAE would drop frames silently")
+        z = vae.encode(video.to(self.device, vae.dtype)).latent_dist.mode().float()
+        return self.normalize_latents(z)
 
-    @abstractmethod
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalized latents -> [B, 3, T, H, W] in [-1, 1]."""
+        vae = self.load_vae()
+        z = self.denormalize_latents(latents.float()).to(self.device, vae.dtype)
+        return vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+
+    @abstractmethod
+    def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The VAE's raw float32 latents -> the normalized latents the transformer works on."""
+
+    @abstractmethod
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The inverse of `normalize_latents` (float32)."""
 
     @abstractmethod
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
@@ -286,11 +302,19 @@ class ModelAdapter(ABC):
     def transformer_input(self, noisy: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Noisy latents and the extra channels -> the transformer's input tensor."""
 
-    @abstractmethod
     def predict(self, model_input: torch.Tensor, timestep: torch.Tensor, c: Conditioning,
                 expert: str | None = None) -> torch.Tensor:
         """Velocity prediction; `timestep` in [0, 1000] as the schedulers use it. `expert`: which transformer
-        (None: the one serving `timestep`)."""
+        (None: the one serving `timestep`). The transformer's own forward, with `model_kwargs`."""
+        model = self.load_transformer(expert=self._expert_name(expert, timestep))
+        dev, dtype = self.device, self.dtype
+        return model(hidden_states=model_input.to(dev, dtype), timestep=timestep.to(dev),
+                     encoder_hidden_states=c.text.to(dev, dtype), return_dict=False,
+                     **self.model_kwargs(model_input, c))[0]
+
+    @abstractmethod
+    def model_kwargs(self, model_input: torch.Tensor, c: Conditioning) -> dict:
+        """The transformer's forward arguments besides the input, timestep and text embedding, on the device."""
 
     @abstractmethod
     def layers(self, expert: str | None = None) -> list[nn.Module]:

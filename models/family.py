@@ -120,6 +120,19 @@ class FamilySpec:
         raise ValueError(f"{self.title} has no expert {name!r}; its experts: {', '.join(e.name for e in self.experts)}")
 
 
+def release_detector(pipeline_prefix: str, marker: str) -> Callable[[Path], int]:
+    """A family's `detect` from what marks its folders: a diffusers model_index.json whose pipeline class starts
+    with `pipeline_prefix`, or `marker`, a file or folder only its original release has. 1 when either says so;
+    0 otherwise, and for a diffusers folder of another pipeline."""
+    def detect(folder: Path) -> int:
+        name = model_index_class(folder)
+        if name is not None:
+            return int(name.startswith(pipeline_prefix))
+        return int((folder / marker).exists())
+
+    return detect
+
+
 def model_index_class(folder: Path) -> str | None:
     """`_class_name` of a diffusers folder's model_index.json: None without that file, "" when it is unreadable
     (a diffusers folder of no known family)."""

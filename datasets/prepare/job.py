@@ -33,6 +33,7 @@ import numpy as np
 import media
 from config.errors import ConfigError, UserError
 from config.loader import load_config, parse_override
+from config.progress import Progress, as_progress
 from datasets.prepare.folder import JobFolderError
 from datasets.prepare.request import PrepareRequest
 from datasets.prepare.stages import CONFIG, PREVIEW, JobStages, fit_from, source_to_job
@@ -102,10 +103,15 @@ def check_request(req: PrepareRequest) -> None:
         load_config(None, req.overrides)  # unknown keys, bad values: fail before any decoding
 
 
-def prepare_job(req: PrepareRequest) -> PrepareResult:
-    """Make or update the job folder `req.out`; returns what ran, the stages' meta and timings."""
+def prepare_job(req: PrepareRequest, progress: Progress | None = None) -> PrepareResult:
+    """prepare.py's job: make or update the job folder `req.out`; returns what ran, the stages' meta and timings.
+
+    `progress` hears of each stage (phase "prepare") and of the long ones' frames (decoding, mask propagation,
+    SAM2 tracking). Bad input raises UserError before anything is written; nothing is printed, and warnings are
+    returned in the result.
+    """
     check_request(req)
-    run = JobStages(req)
+    run = JobStages(req, as_progress(progress))
     video_fp = run.fp(req.video)
     before = run.manifest["inputs"].get("video")
     if before and before["sha256"] != video_fp and not req.force:

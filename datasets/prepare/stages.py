@@ -22,11 +22,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 import media
 from config.errors import ConfigError, UserError
 from config.loader import load_config, parse_override, render_toml
+from config.progress import Progress, Steps, report
 from config.schema import Config
 from datasets.job import align_frame, load_job
 from datasets.prepare.captions import resolve_captions
@@ -40,6 +40,7 @@ from models.registry import family
 
 SOURCE, MASKS, EDITED, REFERENCE = "source", "masks", "edited_first.png", "reference"
 CAPTIONS, CONFIG, PREVIEW = "captions.json", "edit.toml", "preview"
+STAGES = ("source", "edited", "reference", "masks", "captions", "config", "preview")  # in the order they run
 _TIME_NAME = re.compile(r"^t=(\d+(?:\.\d+)?)s?$")
 _INDEX_NAME = re.compile(r"(\d+)$")
 
@@ -61,9 +62,10 @@ def source_to_job(x: float, y: float, meta: dict) -> tuple[float, float]:
 class JobStages(JobFolder):
     """One prepare run's stages; `prepare_job` calls them in order."""
 
-    def __init__(self, req: PrepareRequest) -> None:
+    def __init__(self, req: PrepareRequest, progress: Progress | None = None) -> None:
         super().__init__(req.out, req.force, (SOURCE, MASKS, EDITED, REFERENCE, CAPTIONS, CONFIG, PREVIEW))
         self.req = req
+        self.progress = progress if req.progress else None
         self._frames: np.ndarray | None = None
         self._edited: np.ndarray | None = None
 
@@ -94,7 +96,7 @@ class JobStages(JobFolder):
         """The source window: resampled to the job's fps and fitted to its size, with the mapping."""
         r, path = self.req, self.req.video
         times = media.target_times(r.fps, r.start, r.frames)
-        bar = tqdm(total=r.frames, desc=f"decoding {path.name}", unit="frame", disable=not r.progress, leave=False)
+        bar = Steps(self.progress, f"decoding {path.name}", r.frames, "frame")
         with self.timed("decode"), bar:
             if path.is_dir():
                 src_fps = r.source_fps or r.fps
@@ -132,6 +134,13 @@ class JobStages(JobFolder):
         return fitted, meta
 
     # ---------------------------------------------------------------------------------- stages
+
+    def stage(self, name: str, key: str, outputs: tuple[str, ...], build) -> dict:  # noqa: ANN001 (as JobFolder's)
+        """JobFolder.stage, reported: phase "prepare", one unit per stage, the stage's name as the message."""
+        report(self.progress, "prepare", STAGES.index(name), len(STAGES), name, unit="stage")
+        meta = super().stage(name, key, outputs, build)
+        report(self.progress, "prepare", STAGES.index(name) + 1, len(STAGES), name, unit="stage")
+        return meta
 
     def run_source(self) -> tuple[str, dict]:
         r = self.req
@@ -224,7 +233,7 @@ class JobStages(JobFolder):
                                      threshold=r.mask_threshold)
             elif kind == "auto":
                 with self.timed("flow"):
-                    mask = auto_mask(self.frames(), self.edited(), r.auto, progress=r.progress)
+                    mask = auto_mask(self.frames(), self.edited(), r.auto, progress=self.progress)
             else:
                 mask = self.sam2_mask(src)
             with self.timed("write"):
@@ -254,7 +263,7 @@ class JobStages(JobFolder):
                 box = (*source_to_job(*r.sam2_box[:2], src), *source_to_job(*r.sam2_box[2:], src))
             prompt = Sam2Prompt(points=points, box=box)
         with self.timed("sam2"):
-            return track(self.frames(), prompt, r.sam2, progress=r.progress)
+            return track(self.frames(), prompt, r.sam2, progress=self.progress)
 
     def run_captions(self, src_key: str, edited_fp: str) -> dict:
         r = self.req

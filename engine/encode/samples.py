@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from config.progress import Progress, tracked
 from datasets.samples import Sample
 from engine.encode.cache import EncodeCache, fingerprint
 from models.base import Conditioning, ModelAdapter
@@ -49,12 +50,13 @@ def _text_conditioning(entry: dict[str, torch.Tensor], like: Conditioning) -> Co
 
 
 def _phase(adapter: ModelAdapter, cache: EncodeCache, kind: str, items: dict[str, object], load: str,
-           fn: Callable[[object], dict[str, torch.Tensor]]) -> dict[str, dict[str, torch.Tensor]]:
+           fn: Callable[[object], dict[str, torch.Tensor]], progress: Progress | None = None
+           ) -> dict[str, dict[str, torch.Tensor]]:
     """Run `fn` on the items the cache misses, with encoder `load` resident only while needed."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     missing = [k for k in items if not cache.path(kind, k).exists()]
     try:
-        for key, item in items.items():
+        for key, item in tracked(items.items(), progress if missing else None, f"encode {kind}", len(items), "item"):
             out[key] = cache.get(kind, key, lambda item=item: fn(item))
     finally:
         if missing:
@@ -64,22 +66,24 @@ def _phase(adapter: ModelAdapter, cache: EncodeCache, kind: str, items: dict[str
 
 def encode_samples(
     adapter: ModelAdapter, samples: list[Sample], cache: EncodeCache, latent_mask: str = "min",
-    extra_prompts: Sequence[str] = (),
+    extra_prompts: Sequence[str] = (), progress: Progress | None = None,
 ) -> tuple[list[EncodedSample], dict[str, torch.Tensor]]:
-    """Encode every sample (and `extra_prompts`, e.g. the negative prompt) through the cache.
+    """Encode every sample (and `extra_prompts`, e.g. the negative prompt) through the cache; `progress` hears of
+    each encoder's items (phases "encode latent", "encode text", "encode image"; only when one has to run).
 
     Returns the encoded samples and a dict prompt -> text embedding for the extra prompts.
     """
-    encoded, extra = _encode(adapter, samples, cache, latent_mask, extra_prompts)
+    encoded, extra = _encode(adapter, samples, cache, latent_mask, extra_prompts, progress)
     return encoded, {p: e["x"] for p, e in extra.items()}
 
 
 def encode_with_negative(adapter: ModelAdapter, sample: Sample, cache: EncodeCache, latent_mask: str = "min",
-                         negative_prompt: str | None = None) -> tuple[EncodedSample, Conditioning | None]:
+                         negative_prompt: str | None = None, progress: Progress | None = None
+                         ) -> tuple[EncodedSample, Conditioning | None]:
     """One inference sample and, when given, the negative prompt's full conditioning (every text tensor the
     family has; for families whose text encoder sees the image, encoded with `adapter.negative_image`)."""
     (encoded,), extra = _encode(adapter, [sample], cache, latent_mask,
-                                [negative_prompt] if negative_prompt is not None else [])
+                                [negative_prompt] if negative_prompt is not None else [], progress)
     if negative_prompt is None:
         return encoded, None
     return encoded, _text_conditioning(extra[negative_prompt], encoded.conditioning())
@@ -87,6 +91,7 @@ def encode_with_negative(adapter: ModelAdapter, sample: Sample, cache: EncodeCac
 
 def _encode(
     adapter: ModelAdapter, samples: list[Sample], cache: EncodeCache, latent_mask: str, extra_prompts: Sequence[str],
+    progress: Progress | None = None,
 ) -> tuple[list[EncodedSample], dict[str, dict[str, torch.Tensor]]]:
     # Each entry depends on its input, the weights of the encoder that made it and the dtype it ran in.
     vae = ("vae", adapter.weights_identity("vae"), str(adapter.vae_dtype))
@@ -123,9 +128,10 @@ def _encode(
         fn = adapter.encode_condition_video if condition else adapter.encode_video
         return {"x": fn(video[None])[0]}
 
-    latents = _phase(adapter, cache, "latent", videos, "vae", encode)
-    texts = _phase(adapter, cache, "text", prompts, "text_encoder", lambda p: adapter.encode_text(*p))
-    feats = _phase(adapter, cache, "image", images, "image_encoder", lambda im: {"x": _image_or_empty(adapter, im)})
+    latents = _phase(adapter, cache, "latent", videos, "vae", encode, progress)
+    texts = _phase(adapter, cache, "text", prompts, "text_encoder", lambda p: adapter.encode_text(*p), progress)
+    feats = _phase(adapter, cache, "image", images, "image_encoder", lambda im: {"x": _image_or_empty(adapter, im)},
+                   progress)
 
     encoded = []
     for s, k in zip(samples, keys):

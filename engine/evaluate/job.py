@@ -1,4 +1,5 @@
-"""One evaluate.py run: the inputs (from a job config or explicit paths), the metrics per result, the report.
+"""evaluate.py's job function `run_evaluation`: the inputs (from a job config or explicit paths), the metrics per
+result, the report and its files.
 
 Every result is scored against the same source frames, edit mask and edited first frame:
 
@@ -21,7 +22,6 @@ pooled MSE (a mean of per-frame PSNRs is inf as soon as one frame is identical).
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -33,6 +33,7 @@ import numpy as np
 
 import media
 from config.errors import UserError
+from config.progress import Progress, as_progress, report
 from config.schema import Config
 from engine.evaluate import metrics as M
 
@@ -173,10 +174,6 @@ def _mean(values: list, frames: range | None = None) -> float | None:
     return float(np.mean(picked)) if picked else None
 
 
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
 @dataclass
 class _Shared:
     """What every result is compared with, computed once."""
@@ -241,8 +238,11 @@ def score_result(res: ResultVideo, inputs: EvalInputs, shared: _Shared, clip: Cl
     return {"path": str(res.path), "sidecar": res.sidecar, "summary": summary, "per_frame": per}
 
 
-def evaluate(inputs: EvalInputs, clip_model: str | Path | None = None, include_first: bool = False) -> dict:
-    """Score every result; returns the report (plain data; see write_json for inf/None)."""
+def evaluate(inputs: EvalInputs, clip_model: str | Path | None = None, include_first: bool = False,
+             progress: Progress | None = None) -> dict:
+    """Score every result; returns the report (plain data; see write_json for inf/None). `progress` hears what is
+    being computed (phase "evaluate")."""
+    progress = as_progress(progress)
     src, edit, edited = inputs.source, inputs.edit_mask, inputs.edited_first
     t = len(src)
     mean_frames = range(0 if include_first else 1, t)
@@ -250,9 +250,9 @@ def evaluate(inputs: EvalInputs, clip_model: str | Path | None = None, include_f
     if clip_model:  # first: a bad model folder fails before the slow part
         from engine.evaluate.clip import ClipImageEncoder
 
-        _log(f"CLIP model {clip_model}...")
+        report(progress, "evaluate", message=f"CLIP model {clip_model}...")
         clip = ClipImageEncoder(clip_model)
-    _log(f"optical flow on the source ({t - 1} pairs)...")
+    report(progress, "evaluate", message=f"optical flow on the source ({t - 1} pairs)...")
     shared = _Shared(M.flow_pairs(src), None, None)
     if edited is not None:
         shared.ref_lab, shared.ref_hist = M.mean_lab(edited, edit[0]), M.lab_histogram(edited, edit[0])
@@ -265,7 +265,7 @@ def evaluate(inputs: EvalInputs, clip_model: str | Path | None = None, include_f
     src_warp, src_warp_edit = M.warp_errors(src, shared.pairs), M.warp_errors(src, shared.pairs, edit)
     scored = []
     for res in inputs.results:
-        _log(f"scoring {res.path}...")
+        report(progress, "evaluate", message=f"scoring {res.path}...")
         scored.append(score_result(res, inputs, shared, clip, mean_frames))
     for entry, label in zip(scored, labels([r.path for r in inputs.results])):
         entry["label"] = label
@@ -299,3 +299,31 @@ def labels(paths: list[Path]) -> list[str]:
         if len(set(names)) == len(names):
             return names
     return [str(p) for p in paths]  # the same path twice
+
+
+@dataclass
+class EvaluateResult:
+    """What evaluate.py writes and prints: the report (every per-frame value), its files ("report", "plot"), the
+    summary table, and each result's means by its label."""
+
+    report: dict
+    files: dict[str, Path]
+    summary: str
+    means: dict[str, dict[str, float | None]]
+
+
+def run_evaluation(inputs: EvalInputs, out: str | Path | None = None, clip_model: str | Path | None = None,
+                   include_first: bool = False, progress: Progress | None = None) -> EvaluateResult:
+    """evaluate.py's job: score every result of `inputs` (from `inputs_from_config` or `inputs_from_paths`) and write
+    evaluation.json and evaluation.png into `out` (default: the first result's folder). Prints nothing."""
+    from engine.evaluate.plot import draw_plot
+    from engine.evaluate.report import PLOT_NAME, REPORT_NAME, summary_text, write_json
+
+    report_data = evaluate(inputs, clip_model, include_first, progress)
+    folder = Path(out) if out else inputs.results[0].path.resolve().parent
+    files = {"report": folder / REPORT_NAME, "plot": folder / PLOT_NAME}
+    report_data["files"] = {k: str(v) for k, v in files.items()}
+    draw_plot(report_data, files["plot"])
+    write_json(report_data, files["report"])
+    means = {entry["label"]: dict(entry["summary"]) for entry in report_data["results"]}
+    return EvaluateResult(report_data, files, summary_text(report_data, files), means)

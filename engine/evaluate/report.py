@@ -13,6 +13,7 @@ from pathlib import Path
 
 from config.atomic import write_atomic
 
+REPORT_NAME, PLOT_NAME = "evaluation.json", "evaluation.png"  # what evaluate.py writes into its --out folder
 # (group, key, label, better, format): the rows of the summary table, in order
 ROWS = (
     ("background", "psnr_kept", "PSNR kept region (dB)", "higher", "{:.2f}"),

@@ -1,4 +1,4 @@
-"""infer.py's work: resolve the LoRAs, build the inference sample, encode once, sample, decode, write.
+"""infer.py's work: resolve the LoRAs, build the inference sample, encode once, sample, decode.
 
 Same adapter, sample builder, packing and encode cache as training. The order keeps one large model
 resident at a time: the encoders run (through the cache) and are freed, then the transformer loads with
@@ -8,12 +8,8 @@ the LoRAs applied, samples, and is freed before the VAE decodes.
 from __future__ import annotations
 
 import dataclasses
-import logging
-import sys
 import time
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import numpy as np
 import torch
 
 from config.errors import UserError
+from config.progress import Progress, as_progress, report
 from config.schema import Config
 from datasets.job import Job, inference_sample_for, load_job
 from datasets.preview import to_uint8
@@ -28,6 +25,8 @@ from datasets.samples import Sample
 from engine.encode.cache import EncodeCache, fingerprint
 from engine.infer.sampler import SamplerSettings, default_shift
 from engine.infer.sampler import sample as run_sampler
+from models.base import ModelAdapter
+from models.family import Expert
 from models.registry import family, make_adapter
 
 
@@ -80,8 +79,18 @@ def resolve_loras(cfg: Config, given: list[LoraSpec] | None, use_none: bool = Fa
     if found is None:
         return [], (f"warning: no LoRA given and none found under {runs}/*/ (train first, or pass --lora): "
                     "generating with the base model only")
-    spec = LoraSpec(found, cfg.inference.lora_weight)
-    return [spec], f"LoRA: newest of this job's runs: {spec.describe()}"
+    specs = [LoraSpec(p, cfg.inference.lora_weight) for p in expert_siblings(found, family(cfg.model.type).experts)]
+    return specs, "LoRA: newest of this job's runs: " + ", ".join(s.describe() for s in specs)
+
+
+def expert_siblings(found: Path, experts: Sequence[Expert]) -> list[Path]:
+    """A training run's LoRA file and, for a family with several experts, the same file of every other expert
+    (`lora_high_noise.safetensors` -> also `lora_low_noise.safetensors`), where they exist."""
+    suffixes = [e.suffix for e in experts if e.suffix]
+    if len(experts) == 1 or not suffixes:
+        return [found]
+    base = next((found.stem[: -len(x)] for x in suffixes if found.stem.endswith(x)), found.stem)
+    return [p for x in suffixes if (p := found.with_name(f"{base}{x}{found.suffix}")).is_file()] or [found]
 
 
 @dataclass
@@ -134,30 +143,6 @@ class Generation:
         return frames
 
 
-class _DropTorchvisionNotice(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "requires torchvision (not installed)" not in record.getMessage()
-
-
-def quiet_torchvision_notice() -> None:
-    """Drop transformers' 'CLIPImageProcessor requires torchvision' notice: the project avoids torchvision on
-    purpose (see NOTES), so the advice is wrong here, and it would be a stray line before every error."""
-    log = logging.getLogger("transformers.utils.import_utils")
-    if not any(isinstance(f, _DropTorchvisionNotice) for f in log.filters):
-        log.addFilter(_DropTorchvisionNotice())
-
-
-@contextmanager
-def one_line_warnings() -> Iterator[None]:
-    """Python warnings as one `warning: ...` line on stderr each (not file:line plus source), while inside."""
-    previous = warnings.showwarning
-    warnings.showwarning = lambda message, *rest: print(f"warning: {message}", file=sys.stderr)
-    try:
-        yield
-    finally:
-        warnings.showwarning = previous
-
-
 @dataclass
 class Inputs:
     job: Job
@@ -182,23 +167,29 @@ def load_inputs(cfg: Config, request: Request) -> Inputs:
     return Inputs(job, sample, digest)
 
 
-def apply_loras(transformer: torch.nn.Module, loras: list[LoraSpec]) -> None:
-    """Each LoRA as its own adapter, stacked, strength folded in (models.lora); errors name the file."""
-    from models.lora import load_lora_weights_into
-    from models.wan.lora_formats import LoraFormatError
+def apply_loras(adapter: ModelAdapter, loras: list[LoraSpec]) -> None:
+    """Each LoRA as its own adapter, stacked, strength folded in (models.lora), on the expert it is for (the only
+    one of most families); errors name the file."""
+    from models.lora import load_lora_weights_into, lora_expert
+    from models.lora_files import LoraFormatError, read_lora_file
 
+    experts = adapter.experts()
     for i, spec in enumerate(loras):
         try:
-            load_lora_weights_into(transformer, spec.path, spec.weight, adapter_name=f"lora{i}")
+            expert = lora_expert(spec.path, read_lora_file(spec.path)[1] if len(experts) > 1 else {}, experts)
+            load_lora_weights_into(adapter.load_transformer(expert=expert.name), spec.path, spec.weight,
+                                   adapter_name=f"lora{i}")
         except LoraFormatError as e:
             raise e if str(spec.path) in str(e) else type(e)(f"{spec.path}: {e}") from None
 
 
-def generate(cfg: Config, request: Request, device: torch.device | None = None, progress: bool = True,
+def generate(cfg: Config, request: Request, device: torch.device | None = None, progress: Progress | None = None,
              inputs: Inputs | None = None) -> Generation:
-    """Run one generation; `inputs` from `load_inputs` if the caller already checked them."""
+    """Run one generation; `inputs` from `load_inputs` if the caller already checked them. `progress` hears of the
+    encoders' items, every denoising step ("denoise") and the decode."""
     from engine.encode.samples import encode_with_negative
 
+    progress = as_progress(progress)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -207,23 +198,26 @@ def generate(cfg: Config, request: Request, device: torch.device | None = None, 
     adapter = make_adapter(cfg.model, device)
     identity = adapter.weights_identity()
     cache = EncodeCache(cfg.data.cache_dir)
-    guided = request.sampler.guidance > 1.0
+    guided = any(request.sampler.guidance_for(e) > 1.0 for e in adapter.experts())
     encoded, negative = encode_with_negative(adapter, sample, cache, cfg.data.latent_mask,
-                                             request.negative_prompt if guided else None)
+                                             request.negative_prompt if guided else None, progress)
     adapter.unload()  # encoders out before the transformer comes in
     seconds["encode"] = time.perf_counter() - t0
 
     t1 = time.perf_counter()
-    transformer = adapter.load_transformer()
-    apply_loras(transformer, request.loras)
+    several = len(adapter.experts()) > 1
+    for expert in adapter.experts():  # several: each waits in host RAM until its timesteps come (use_expert)
+        adapter.load_transformer("cpu" if several else None, expert=expert.name)
+    apply_loras(adapter, request.loras)
     seconds["load"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     latents = run_sampler(adapter, encoded.conditioning(), negative, request.sampler, request.seed,
                           family(cfg.model.type).scheduler_config_for(cfg.model.ckpt_path), progress)
     seconds["denoise"] = time.perf_counter() - t2
-    adapter.unload("transformer")
+    adapter.unload_transformers()
 
     t3 = time.perf_counter()
+    report(progress, "decode", message="decoding the latents")
     video = adapter.decode_latents(latents)[0].float().cpu()
     adapter.unload()
     seconds["decode"] = time.perf_counter() - t3

@@ -1,4 +1,5 @@
-"""One infer.py run: inputs checked, generation, composite, outputs staged and committed, sidecar, replay.
+"""infer.py's job function `run_inference`: inputs checked, generation, composite, outputs staged and committed,
+sidecar, replay.
 
 The sidecar (`result.json`) holds the resolved config with every default filled in (seed, steps,
 guidance, shift, scheduler, negative prompt, preset), the prompt, the LoRAs with weights and sha256,
@@ -22,9 +23,10 @@ import torch
 
 from config.errors import UserError
 from config.loader import load_config, to_dict
+from config.progress import Progress, as_progress
 from config.schema import Config
 from engine.infer import outputs
-from engine.infer.generate import Generation, LoraSpec, Request, build_request, generate, load_inputs
+from engine.infer.generate import Generation, LoraSpec, Request, build_request, generate, load_inputs, resolve_loras
 from models.registry import family
 
 SIDECAR = "result.json"
@@ -134,10 +136,36 @@ def _versions() -> dict[str, str]:
             "peft": peft.__version__}
 
 
-def run_inference(cfg: Config, loras: list[LoraSpec], prompt: str | None = None, frames_dir: Path | None = None,
-                  replay: Replay | None = None, progress: bool = True) -> str:
-    """Generate and write the outputs; returns the one-line summary."""
+@dataclass
+class InferResult:
+    """What one generation wrote: the output folder, each file by kind ("video", "side_by_side", "generated",
+    "frames", "sidecar"), where the time went, the LoRAs used and, for a replay, whether the frames matched."""
+
+    out: Path
+    video: Path
+    files: dict[str, str]
+    seconds: dict[str, float]
+    frames_sha256: str
+    loras: list[LoraSpec]
+    lora_note: str
+    summary: str  # the one line infer.py prints
+    replay_identical: bool | None = None
+
+
+def run_inference(cfg: Config, loras: list[LoraSpec] | None = None, prompt: str | None = None,
+                  frames_dir: Path | None = None, replay: Replay | None = None,
+                  progress: Progress | None = None) -> InferResult:
+    """Generate and write the outputs (infer.py's job).
+
+    `loras`: the LoRAs to apply; None resolves them as infer.py does without --lora (inference.lora, else the
+    newest of this job's runs). `progress` hears of encoding, every denoising step and the writing. Raises UserError
+    for bad input before any model loads; prints nothing and installs no signal handler.
+    """
     start = time.perf_counter()
+    progress = as_progress(progress)
+    note = "LoRA: " + ", ".join(s.describe() for s in loras) if loras else "no LoRA: base model only"
+    if loras is None:
+        loras, note = resolve_loras(cfg, None)
     request = build_request(cfg, loras, prompt)
     out = default_out(cfg)
     if frames_dir is None and cfg.inference.save_frames:
@@ -164,13 +192,14 @@ def run_inference(cfg: Config, loras: list[LoraSpec], prompt: str | None = None,
 
     names = ", ".join((Path(p).name if Path(p).parent == out else p) + ("/" if k == "frames" else "")
                       for k, p in files.items() if k != "video")
-    line = (f"done in {time.perf_counter() - start:.1f}s (denoise {gen.seconds['denoise']:.1f}s, "
+    seconds = {**gen.seconds, "total": time.perf_counter() - start}
+    line = (f"done in {seconds['total']:.1f}s (denoise {gen.seconds['denoise']:.1f}s, "
             f"{request.sampler.steps} steps): {out / 'result.mp4'}" + (f" + {names}" if names else ""))
+    same = None
     if replay is not None:
         same = frames_sha == replay.data["frames_sha256"]
         line += f"; replay of {replay.path}: " + ("identical frames" if same else "FRAMES DIFFER")
         if not same:
             warnings.warn(f"replay differs from {replay.path} (recorded on {replay.data.get('device')}, "
                           f"versions {replay.data.get('versions')})", stacklevel=2)
-    return line
-
+    return InferResult(out, out / "result.mp4", files, seconds, frames_sha, list(request.loras), note, line, same)

@@ -12,15 +12,15 @@ diffusers' `HunyuanVideoImageToVideoPipeline`'s (Euler with its sigmas, start la
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from config.progress import Progress, as_progress, report
 from models.base import Conditioning, ModelAdapter
 from models.family import Expert, flow_shift
 from models.registry import DEFAULT_FAMILY, family
@@ -118,19 +118,21 @@ def _context(model: nn.Module, name: str):
 @torch.no_grad()
 def sample(
     adapter: ModelAdapter, cond: Conditioning, negative_text: torch.Tensor | Conditioning | None,
-    settings: SamplerSettings, seed: int, base_config: dict | None = None, progress: bool = True,
+    settings: SamplerSettings, seed: int, base_config: dict | None = None, progress: Progress | None = None,
 ) -> torch.Tensor:
     """Denoise to clean latents [B, C, t, h, w] (float32). `cond` holds the prompt embedding; `negative_text`
     the negative prompt's embedding, or its whole conditioning for families with more text tensors (the same
-    image features and extra channels are used), required when guidance > 1."""
-    model = adapter.load_transformer()
+    image features and extra channels are used), required when guidance > 1. Each step runs the expert serving its
+    timestep (one for most families), with that expert's guidance; `progress` hears of every step ("denoise")."""
+    progress = as_progress(progress)
+    experts = adapter.experts()
+    scales = {e.name: settings.guidance_for(e) for e in experts}
     device = adapter.device
-    guided = settings.guidance > 1.0
-    if guided and negative_text is None:
+    if any(g > 1.0 for g in scales.values()) and negative_text is None:
         raise ValueError("guidance > 1 needs the negative prompt embedding")
     cond = cond.to(device)
     uncond = None
-    if guided:
+    if negative_text is not None:
         negative = negative_text if isinstance(negative_text, Conditioning) else Conditioning(None, negative_text)
         uncond = cond.with_text(negative.to(device))
     scheduler = make_scheduler(settings.scheduler, settings.shift, base_config)
@@ -140,18 +142,28 @@ def sample(
     else:
         scheduler.set_timesteps(settings.steps, device=device)
     extra = cond.cond.to(device=device, dtype=torch.float32)
+    model = adapter.use_expert(adapter.expert_for(scheduler.timesteps[0]).name)
     latents = adapter.initial_latents(initial_noise(latent_shape(model, cond.cond), seed, device), extra)
-    bar = tqdm(total=len(scheduler.timesteps), desc="denoise", unit="step", disable=not progress, dynamic_ncols=True)
-    with first_block_cache(model, settings.step_cache, settings.step_cache_threshold), bar:
-        for t in scheduler.timesteps:
+    total = len(scheduler.timesteps)
+    report(progress, "denoise", 0, total)
+    with ExitStack() as caches:
+        cached: set[str] = set()
+        for i, t in enumerate(scheduler.timesteps, 1):
+            expert = adapter.expert_for(t)
+            model = adapter.use_expert(expert.name)
+            if expert.name not in cached:  # each expert's own step cache, for this generation
+                caches.enter_context(first_block_cache(model, settings.step_cache, settings.step_cache_threshold))
+                cached.add(expert.name)
             model_input = adapter.transformer_input(latents, extra)
             timestep = t.expand(latents.shape[0])
+            which = {"expert": expert.name} if len(experts) > 1 else {}  # one expert: the plain call
             with _context(model, "cond"):
-                pred = adapter.predict(model_input, timestep, cond)
-            if guided:
+                pred = adapter.predict(model_input, timestep, cond, **which)
+            guidance = scales[expert.name]
+            if guidance > 1.0:
                 with _context(model, "uncond"):
-                    pred_uncond = adapter.predict(model_input, timestep, uncond)
-                pred = pred_uncond + settings.guidance * (pred - pred_uncond)
+                    pred_uncond = adapter.predict(model_input, timestep, uncond, **which)
+                pred = pred_uncond + guidance * (pred - pred_uncond)
             latents = scheduler.step(pred, t, latents, return_dict=False)[0]
-            bar.update()
+            report(progress, "denoise", i, total)
     return latents

@@ -18,6 +18,7 @@ from config.schema import Config
 from engine.plan.gpus import GPUS, GiB, Gpu, seconds
 from engine.plan.model import ModelSpec, job_size
 from engine.plan.steps import StepTrace, composed_step, trace_sampling_step, trace_training_step, trace_vae
+from models.registry import family
 
 
 @dataclass
@@ -118,6 +119,12 @@ def plan_training(cfg: Config, spec: ModelSpec, composed: bool = False) -> Train
         notes.append(f"stage 2: {t.reference_steps} steps, {t.reference_ratio:.0%} of them on single frames")
     if t.low_cost:
         notes.append(f"low-cost mode: each step trains one {frames}-frame clip of the {cfg.data.frames}-frame window")
+    experts = family(spec.family).experts
+    if len(experts) > 1:
+        whole = max(tr.weights + tr.offloaded for tr in traces)
+        notes.append(f"{len(experts)} experts ({', '.join(e.name for e in experts)}): a step trains the one its "
+                     f"timestep belongs to; these figures are one expert's, the others ({gib(whole)} each) wait in "
+                     "host RAM")
     return TrainingPlan(
         model=spec, frames=frames, height=height, width=width, settings=settings_of(cfg),
         frozen_params=sum(tr.frozen_params for tr in traces),

@@ -115,7 +115,8 @@ def trace_training_step(spec: ModelSpec, cfg: Config, frames: int, height: int, 
     adapter = weightless_adapter(spec, model, cfg)
     torch.manual_seed(cfg.seed)
     lora = add_training_lora(adapter, model, cfg)
-    layers = pipeline_layers(adapter, t.pipeline_stages)
+    # Experts share one architecture: one of them is traced (the others wait in host RAM: plan_training's note).
+    layers = pipeline_layers(adapter, t.pipeline_stages, adapter.experts()[0].name)
     trainable = [sum(p.numel() for p in layer.parameters() if p.requires_grad) for layer in layers]
     start, end = stage_bounds(len(layers), trainable, t.pipeline_stages)[stage]
     inputs, labels = _micro_batch(adapter, shapes, t.micro_batch_size_per_gpu)
@@ -229,7 +230,7 @@ def trace_sampling_step(spec: ModelSpec, cfg: Config, frames: int, height: int, 
     counter = flop_counter()
     timestep = torch.full((1,), 500.0, device="meta")
     with torch.no_grad(), SimulatedDevice(), tracker, counter:
-        adapter.predict(model_input, timestep, cond)
+        adapter.predict(model_input, timestep, cond, expert=adapter.experts()[0].name)
     flops = counter.get_total_flops()
     return StepTrace(
         frozen_params=sum(p.numel() for p in model.parameters()), trainable_params=0, weights=weights,

@@ -1,18 +1,19 @@
-"""train.py's work, in order: pre-flight, encode once, LoRA, the engine, stages, outputs."""
+"""train.py's job function `run_training`, in order: pre-flight, encode once, LoRA, the engine, stages, outputs."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import shutil
-import sys
 import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from config.errors import UserError
 from config.loader import render_toml, require, save_config
+from config.progress import Progress, StopSignal, as_progress
 from config.schema import Config
 from datasets.job import Job, load_job, training_samples
 from engine.encode.cache import EncodeCache
@@ -20,6 +21,7 @@ from engine.encode.samples import encode_samples
 from engine.train import distributed as dist_utils
 from engine.train.run_dir import RunDir, find_resume
 from engine.train.trainer import StagePlan, Trainer, TrainResult
+from models.family import Expert
 
 
 def preflight(cfg: Config, world_size: int) -> None:
@@ -56,7 +58,8 @@ def plan_stages(cfg: Config, encoded: dict[str, list]) -> list[StagePlan]:
     return stages
 
 
-def encode_job(cfg: Config, adapter, job: Job, dist: dist_utils.Dist) -> dict[str, list]:
+def encode_job(cfg: Config, adapter, job: Job, dist: dist_utils.Dist, progress: Progress | None = None
+               ) -> dict[str, list]:
     """Rank 0 encodes (and fills the cache) first; the other ranks then read the cache."""
     samples = training_samples(cfg, job)
     flat = samples["video"] + samples["reference"]
@@ -64,34 +67,60 @@ def encode_job(cfg: Config, adapter, job: Job, dist: dist_utils.Dist) -> dict[st
     encoded = None
     for turn in (True, False):
         if dist.is_main == turn:
-            encoded, _ = encode_samples(adapter, flat, cache, cfg.data.latent_mask)
+            encoded, _ = encode_samples(adapter, flat, cache, cfg.data.latent_mask, progress=progress)
         dist_utils.barrier()
     adapter.unload()
     n = len(samples["video"])
     return {"video": encoded[:n], "reference": encoded[n:]}
 
 
-def run_training(cfg: Config, resume: str | None = None, resume_requested: bool = False) -> TrainResult:
-    from models.lora import add_lora, load_lora_weights_into, save_lora_state
+def add_loras(cfg: Config, adapter) -> dict[str, nn.Module]:  # noqa: ANN001 (a models.base.ModelAdapter)
+    """Every expert's transformer with a trainable LoRA ({expert name: transformer}); `adapter.init_from_existing`
+    goes into the expert it is for."""
+    from models.lora import add_lora, load_lora_weights_into, lora_expert
+    from models.lora_files import read_lora_file
+
+    a = cfg.adapter
+    transformers = {}
+    for expert in adapter.experts():
+        # With block swap the whole model stays on CPU; the trainer moves all but the swapped blocks in.
+        model = adapter.load_transformer("cpu" if cfg.training.blocks_to_swap else None, expert=expert.name)
+        torch.manual_seed(cfg.seed)  # the LoRA's random init: the same on every rank and in every run
+        add_lora(model, adapter.lora_target_modules(a.train_image_kv), a.rank, a.alpha or float(a.rank), a.dropout,
+                 a.dtype)
+        transformers[expert.name] = model
+    if a.init_from_existing:
+        path = Path(a.init_from_existing)
+        target = lora_expert(path, read_lora_file(path)[1], adapter.experts()) if len(transformers) > 1 else None
+        load_lora_weights_into(transformers[target.name] if target else next(iter(transformers.values())), path)
+    return transformers
+
+
+def run_training(cfg: Config, resume: str | None = None, resume_requested: bool = False, *,
+                 progress: Progress | None = None, stop: StopSignal | None = None) -> TrainResult:
+    """train.py's job: encode the job once, fit the LoRA (each expert's), write the run folder.
+
+    `progress` receives the encode phases and every training step (phase "train": loss, learning rate), on every
+    rank of a distributed run (a console shows rank 0's); `stop` (a threading.Event or a callable) ends the run
+    after the current step with a checkpoint that `resume` continues. Raises UserError for bad input before any
+    heavy work. Safe to call from a worker thread: it installs no signal handler and prints nothing.
+    """
+    from models.lora import save_lora_state
     from models.registry import make_adapter
 
     preflight(cfg, dist_utils.world_size_from_env())
     dist = dist_utils.setup()
+    progress = as_progress(progress)
     adapter = make_adapter(cfg.model, dist.device)
     job = load_job(cfg, edited=False)
-    encoded = encode_job(cfg, adapter, job, dist)
+    encoded = encode_job(cfg, adapter, job, dist, progress)
     stages = plan_stages(cfg, encoded)
     if not stages:
         raise UserError("no stage to train: training.steps is 0 and there are no reference frames")
 
-    # With block swap the whole model stays on CPU; the trainer moves all but the swapped blocks in.
-    transformer = adapter.load_transformer("cpu" if cfg.training.blocks_to_swap else None)
+    transformers = add_loras(cfg, adapter)
     a = cfg.adapter
     alpha = a.alpha or float(a.rank)
-    torch.manual_seed(cfg.seed)  # the LoRA's random init: the same on every rank and in every run
-    add_lora(transformer, adapter.lora_target_modules(a.train_image_kv), a.rank, alpha, a.dropout, a.dtype)
-    if a.init_from_existing:
-        load_lora_weights_into(transformer, a.init_from_existing)
 
     if resume_requested:
         run_dir, tag = find_resume(cfg.output_dir, cfg.name, resume) if dist.is_main else (None, None)
@@ -102,26 +131,22 @@ def run_training(cfg: Config, resume: str | None = None, resume_requested: bool 
         save_config(cfg, run_dir.path / "config.toml")
     config_text = render_toml(cfg)
 
-    def save(path: Path, state: dict) -> None:
-        save_lora_state(path, state, transformer, fmt=a.save_format, rank=a.rank, alpha=alpha,
-                        trigger=cfg.data.trigger, config_toml=config_text)
+    def save(path: Path, state: dict, expert: Expert | None = None) -> None:
+        model = transformers[expert.name] if expert else next(iter(transformers.values()))
+        save_lora_state(path, state, model, fmt=a.save_format, rank=a.rank, alpha=alpha, trigger=cfg.data.trigger,
+                        config_toml=config_text, several_experts=expert is not None)
 
-    trainer = Trainer(cfg, dist, adapter, transformer, stages, run_dir, save)
+    trainer = Trainer(cfg, dist, adapter, transformers, stages, run_dir, save)
     if tag:
         trainer.load_checkpoint(run_dir.checkpoints, tag)
-    progress = writer = None
+    writer = None
     if dist.is_main:
         from torch.utils.tensorboard import SummaryWriter
-        from tqdm import tqdm
 
         writer = SummaryWriter(str(run_dir.tensorboard))
-        progress = tqdm(total=trainer.total_steps, initial=trainer.step, desc="train", unit="step",
-                        file=sys.stderr, dynamic_ncols=True)
     try:
-        result = trainer.run(progress, writer)
+        result = trainer.run(progress, writer, stop)
     finally:
-        if progress is not None:
-            progress.close()
         if writer is not None:
             writer.close()
     checksums = trainer.replica_checksums()
@@ -131,6 +156,8 @@ def run_training(cfg: Config, resume: str | None = None, resume_requested: bool 
                    "world_size": dist.world_size, "pipeline_stages": cfg.training.pipeline_stages,
                    "stages": [{"name": s.name, "steps": s.steps, "mix": s.mix} for s in stages],
                    "lora_checksum_per_rank": checksums}
+        if len(result.loras) > 1:
+            summary["loras"] = {name: str(p) for name, p in result.loras.items()}
         (run_dir.path / "summary.json").write_text(json.dumps(summary, indent=1))
     dist_utils.barrier()
     return result

@@ -38,9 +38,10 @@ class RunDir:
         latest = self.checkpoints / "latest"
         return latest.read_text().strip() if latest.exists() else None
 
-    def prune_checkpoints(self, keep: int = 2) -> None:
-        """Keep the newest `keep` engine checkpoints (they hold optimizer state, and add up)."""
-        tags = sorted(p for p in self.checkpoints.glob("step*") if p.is_dir())
+    def prune_checkpoints(self, keep: int = 2, folder: Path | None = None) -> None:
+        """Keep the newest `keep` engine checkpoints (they hold optimizer state, and add up) in `folder` (default:
+        checkpoints/; an expert's subfolder when a family has several)."""
+        tags = sorted(p for p in (folder or self.checkpoints).glob("step*") if p.is_dir())
         for old in tags[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
 

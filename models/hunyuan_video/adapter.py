@@ -115,19 +115,11 @@ class HunyuanVideoAdapter(ModelAdapter):
     def _scale(self) -> float:
         return float(self.load_vae().config.scaling_factor)
 
-    @torch.no_grad()
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        vae = self.load_vae()
-        if (video.shape[2] - 1) % self.temporal_compression:
-            raise ValueError(f"frame count {video.shape[2]} is not 4k+1; the VAE would drop frames silently")
-        z = vae.encode(video.to(self.device, vae.dtype)).latent_dist.mode().float()
+    def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
         return z * self._scale()
 
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.load_vae()
-        z = (latents.float() / self._scale()).to(self.device, vae.dtype)
-        return vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        return latents / self._scale()
 
     @torch.no_grad()
     def encode_condition_video(self, video: torch.Tensor) -> torch.Tensor:
@@ -201,16 +193,10 @@ class HunyuanVideoAdapter(ModelAdapter):
             return None
         return torch.full((batch,), self.embedded_guidance * 1000.0, device=self.device, dtype=self.dtype)
 
-    def predict(self, model_input: torch.Tensor, timestep: torch.Tensor, c: Conditioning,
-                expert: str | None = None) -> torch.Tensor:
-        model = self.load_transformer(expert=self._expert_name(expert, timestep))
+    def model_kwargs(self, model_input: torch.Tensor, c: Conditioning) -> dict:
         dev, dtype = self.device, self.dtype
-        return model(
-            hidden_states=model_input.to(dev, dtype), timestep=timestep.to(dev),
-            encoder_hidden_states=c.text.to(dev, dtype), encoder_attention_mask=c.text_mask.to(dev, dtype),
-            pooled_projections=c.pooled.to(dev, dtype), guidance=self._guidance(model_input.shape[0]),
-            return_dict=False,
-        )[0]
+        return {"encoder_attention_mask": c.text_mask.to(dev, dtype), "pooled_projections": c.pooled.to(dev, dtype),
+                "guidance": self._guidance(model_input.shape[0])}
 
     # -- layers -----------------------------------------------------------------------------------
     def layers(self, expert: str | None = None) -> list[nn.Module]:

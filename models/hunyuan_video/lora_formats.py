@@ -27,17 +27,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models import lora_files
 from models.hunyuan_video import layouts as hl
-from models.lora_files import (
-    LoraBaseModelError,
-    LoraFormatError,
-    lora_metadata,
-    read_lora_file,
-    sample_keys,
-    split_key,
-    unmatched_keys,
-    write_lora_file,
-)
+from models.lora_files import LoraBaseModelError, LoraFormatError
 
 FORMATS = ("comfyui", "diffusers", "peft")
 __all__ = ["FORMATS", "LoraFormatError", "LoraBaseModelError", "check_fits", "load_lora", "save_lora", "to_peft"]
@@ -86,7 +78,7 @@ def to_peft(sd: Mapping[str, torch.Tensor], hidden_size: int | None = None
     bad: list[str] = []
     layouts: set[str] = set()
     for key, value in sd.items():
-        split = split_key(key)
+        split = lora_files.split_key(key)
         parsed = _layout_of(split[0]) if split else None
         if parsed is None:
             bad.append(key)
@@ -96,10 +88,11 @@ def to_peft(sd: Mapping[str, torch.Tensor], hidden_size: int | None = None
     if bad:
         if not halves:
             raise LoraFormatError(f"Unknown LoRA key layout (not a HunyuanVideo comfyui/diffusers/musubi/peft LoRA). "
-                                  f"Sample keys: {sample_keys(list(sd))}")
-        raise LoraFormatError(f"{len(bad)} keys of this LoRA match no HunyuanVideo module: {sample_keys(bad, 10)}")
+                                  f"Sample keys: {lora_files.sample_keys(list(sd))}")
+        raise LoraFormatError(f"{len(bad)} keys of this LoRA match no HunyuanVideo module: "
+                              f"{lora_files.sample_keys(bad, 10)}")
     if incomplete := [m for m, h in halves.items() if "lora_A.weight" not in h or "lora_B.weight" not in h]:
-        raise LoraFormatError(f"LoRA modules without both down and up weights: {sample_keys(incomplete)}")
+        raise LoraFormatError(f"LoRA modules without both down and up weights: {lora_files.sample_keys(incomplete)}")
     if hidden_size is None:
         qkv = [h["lora_B.weight"].shape[0] // 3 for m, h in halves.items() if m.endswith("img_attn_qkv")]
         hidden_size = qkv[0] if qkv else 3072
@@ -184,23 +177,23 @@ def save_lora(path: str | os.PathLike, peft_sd: Mapping[str, torch.Tensor], *, f
         tensors = {f"transformer.{k}": v for k, v in scaled.items()}
     else:
         raise LoraFormatError(f"Cannot write LoRA layout {fmt!r}: choose 'comfyui' or 'diffusers'.")
-    metadata = lora_metadata(fmt, rank=rank, alpha=alpha, base_model=base_model, trigger=trigger,
+    metadata = lora_files.lora_metadata(fmt, rank=rank, alpha=alpha, base_model=base_model, trigger=trigger,
                              config_toml=config_toml)
-    return write_lora_file(path, tensors, metadata, extra, dtype)
+    return lora_files.write_lora_file(path, tensors, metadata, extra, dtype)
 
 
 def check_fits(peft_sd: Mapping[str, torch.Tensor], model: nn.Module) -> None:
     """Raise LoraBaseModelError when the LoRA names modules the model lacks or has other shapes."""
-    if bad := unmatched_keys(peft_sd, model):
+    if bad := lora_files.unmatched_keys(peft_sd, model):
         raise LoraBaseModelError(f"LoRA does not fit this model: {len(bad)} keys name no module or have other "
-                                 f"shapes: {sample_keys(bad)}.")
+                                 f"shapes: {lora_files.sample_keys(bad)}.")
 
 
 def load_lora(path: str | os.PathLike, *, expected_base_model: str | None = None
               ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, str]]:
     """Read a HunyuanVideo LoRA file in any supported layout -> (PEFT dict, {module: alpha}, metadata)."""
     path = Path(path)
-    sd, metadata = read_lora_file(path)
+    sd, metadata = lora_files.read_lora_file(path)
     declared = metadata.get("base_model") or metadata.get("ss_base_model_version") or ""
     if declared and "hunyuan" not in declared.lower():
         raise LoraBaseModelError(f"{path} is a LoRA for {declared!r} (its metadata says so), not HunyuanVideo.")

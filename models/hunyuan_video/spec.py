@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from models.family import FamilySpec, model_index_class
+from models.family import FamilySpec, release_detector
 
 ORIGINAL_MODEL_DIR = "hunyuan-video-i2v-720p"  # the original release's model folder: what marks its ckpts folder
 
@@ -16,19 +14,12 @@ NEGATIVE_PROMPT = "deformation, a poor composition and deformed video, bad teeth
 SCHEDULER = {"num_train_timesteps": 1000, "shift": 7.0}
 
 
-def detect(folder: Path) -> int:
-    """1 for a diffusers folder of a HunyuanVideo pipeline or Tencent's original ckpts folder, else 0."""
-    name = model_index_class(folder)
-    if name is not None:
-        return int(name.startswith("HunyuanVideo"))
-    return int((folder / ORIGINAL_MODEL_DIR).is_dir())
-
-
 # Size: the release's 720p bucket scaled to ~368p, as in the paper; 24 fps, the release's rate.
 SPEC = FamilySpec(
     name="hunyuan_video", title="HunyuanVideo-I2V (33-channel)",
     adapter="models.hunyuan_video.adapter:HunyuanVideoAdapter", lora_formats="models.hunyuan_video.lora_formats",
-    plan="models.hunyuan_video.plan:PLAN", tiny="models.hunyuan_video.tiny:build_tiny_hunyuan", detect=detect,
+    plan="models.hunyuan_video.plan:PLAN", tiny="models.hunyuan_video.tiny:build_tiny_hunyuan",
+    detect=release_detector("HunyuanVideo", ORIGINAL_MODEL_DIR),
     layouts=("diffusers", "original", "single-file"), default_size=(624, 368), default_fps=24.0, scheduler="euler",
     scheduler_config=SCHEDULER, negative_prompt=NEGATIVE_PROMPT,
 )

@@ -85,21 +85,13 @@ class WanAdapter(ModelAdapter):
         inv_std = 1.0 / torch.tensor(cfg.latents_std).view(1, cfg.z_dim, 1, 1, 1).to(like.device, like.dtype)
         return mean, inv_std
 
-    @torch.no_grad()
-    def encode_video(self, video: torch.Tensor) -> torch.Tensor:
-        vae = self.load_vae()
-        if (video.shape[2] - 1) % self.temporal_compression:
-            raise ValueError(f"frame count {video.shape[2]} is not 4k+1; the VAE would drop frames silently")
-        z = vae.encode(video.to(self.device, vae.dtype)).latent_dist.mode().float()
+    def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
         mean, inv_std = self._latent_stats(z)
         return (z - mean) * inv_std
 
-    @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        vae = self.load_vae()
-        mean, inv_std = self._latent_stats(latents.float())
-        z = (latents.float() / inv_std + mean).to(self.device, vae.dtype)
-        return vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, inv_std = self._latent_stats(latents)
+        return latents / inv_std + mean
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
@@ -131,15 +123,8 @@ class WanAdapter(ModelAdapter):
     def transformer_input(self, noisy: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return torch.cat([noisy, cond.to(noisy)], dim=1)
 
-    def predict(self, model_input: torch.Tensor, timestep: torch.Tensor, c: Conditioning,
-                expert: str | None = None) -> torch.Tensor:
-        model = self.load_transformer(expert=self._expert_name(expert, timestep))
-        dev, dtype = self.device, self.dtype
-        return model(
-            hidden_states=model_input.to(dev, dtype), timestep=timestep.to(dev),
-            encoder_hidden_states=c.text.to(dev, dtype),
-            encoder_hidden_states_image=None if c.image is None else c.image.to(dev, dtype), return_dict=False,
-        )[0]
+    def model_kwargs(self, model_input: torch.Tensor, c: Conditioning) -> dict:
+        return {"encoder_hidden_states_image": None if c.image is None else c.image.to(self.device, self.dtype)}
 
     # -- layers -----------------------------------------------------------------------------------
     def layers(self, expert: str | None = None) -> list[nn.Module]:

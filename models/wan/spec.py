@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from models.family import FamilySpec, model_index_class
+from models.family import FamilySpec, release_detector
 
 ORIGINAL_VAE = "Wan2.1_VAE.pth"  # the original release's VAE file: what marks its folder
 
@@ -25,18 +23,11 @@ SCHEDULER = {
 }
 
 
-def detect(folder: Path) -> int:
-    """1 for a diffusers folder of a Wan pipeline or the original release folder (its VAE file), else 0."""
-    name = model_index_class(folder)
-    if name is not None:
-        return int(name.startswith("Wan"))
-    return int((folder / ORIGINAL_VAE).is_file())
-
-
 SPEC = FamilySpec(
     name="wan", title="Wan2.1-I2V",
     adapter="models.wan.adapter:WanAdapter", lora_formats="models.wan.lora_formats", plan="models.wan.plan:PLAN",
-    tiny="models.wan.tiny:build_tiny_wan", detect=detect, layouts=("diffusers", "original", "single-file"),
+    tiny="models.wan.tiny:build_tiny_wan",
+    detect=release_detector("Wan", ORIGINAL_VAE), layouts=("diffusers", "original", "single-file"),
     default_size=(832, 480), default_fps=16.0, scheduler="unipc", scheduler_config=SCHEDULER,
     negative_prompt=NEGATIVE_PROMPT,
 )
