@@ -19,7 +19,7 @@ Metrics, per frame and as means over frames 1..T-1 (frame 0 of a loraedit result
 Not measured: LPIPS (not implemented) and the paper's DeQA score (out of scope: it needs its own model).
 
 Writes evaluation.json (every per-frame value) and evaluation.png (per-frame plot) into --out (default: the
-first result's folder) and prints a summary table.
+first result's folder) and prints a summary table (what it is computing goes to stderr; --quiet: not that).
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
-from config.cli import add_config_arguments, config_from_args, run
+from config.cli import add_config_arguments, add_quiet_argument, config_from_args, run
+from config.console import ConsoleProgress, one_line_warnings, quiet_torchvision_notice
+from engine.evaluate.report import PLOT_NAME, REPORT_NAME
 
-REPORT_NAME, PLOT_NAME = "evaluation.json", "evaluation.png"
 EXPLICIT_ONLY = ("source", "mask", "edited_frame", "fps", "mask_threshold")
 
 
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count frame 0 in the means (it is the edited frame under the loraedit preset)")
     g.add_argument("--out", metavar="DIR", help=f"where {REPORT_NAME} and {PLOT_NAME} go (default: the first "
                                                 "result's folder)")
+    add_quiet_argument(g)
     return p
 
 
@@ -75,12 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif not args.result:
         parser.error("--source needs --result PATH")
 
-    from engine.evaluate_job import evaluate, inputs_from_config, inputs_from_paths
-    from engine.evaluate_plot import draw_plot
-    from engine.evaluate_report import summary_text, write_json
-    from engine.generate import one_line_warnings, quiet_torchvision_notice
+    from engine.evaluate.job import inputs_from_config, inputs_from_paths, run_evaluation
 
     quiet_torchvision_notice()
+    console = ConsoleProgress(quiet=args.quiet)
     with one_line_warnings():
         if args.config:
             inputs = inputs_from_config(config_from_args(args, check_paths=False), args.result)
@@ -88,13 +87,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             inputs = inputs_from_paths(args.source, args.result, args.mask, args.edited_frame,
                                        fps=args.fps or 16.0, threshold=0.5 if args.mask_threshold is None
                                        else args.mask_threshold)
-        report = evaluate(inputs, args.clip_model, args.include_first_frame)
-        out = Path(args.out) if args.out else inputs.results[0].path.resolve().parent
-        files = {"report": out / REPORT_NAME, "plot": out / PLOT_NAME}
-        report["files"] = {k: str(v) for k, v in files.items()}
-        draw_plot(report, files["plot"])
-        write_json(report, files["report"])
-    print(summary_text(report, files))
+        try:
+            result = run_evaluation(inputs, args.out, args.clip_model, args.include_first_frame, progress=console)
+        finally:
+            console.close()
+    print(result.summary)
     return 0
 
 

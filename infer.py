@@ -14,7 +14,8 @@ newest LoRA of this job's training runs (output_dir/name/*/).
 Writes into --out (default: inference.out, else results/ beside the config): result.mp4 (H.264 at the
 job's fps), side_by_side.mp4 (source | result | mask overlay), result.json (every setting used, LoRA
 checksums, digests; --replay reproduces the frames from it), optional PNG frames, and with --composite
-also generated.mp4 (the model's output before the kept region is pasted back).
+also generated.mp4 (the model's output before the kept region is pasted back). Progress goes to stderr: a bar on
+a terminal, a line every few steps in a log (--quiet: none).
 """
 
 from __future__ import annotations
@@ -26,12 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from config.cli import add_config_arguments, add_plan_arguments, config_from_args, run
+from config.cli import add_config_arguments, add_plan_arguments, add_quiet_argument, config_from_args, run
+from config.console import ConsoleProgress, one_line_warnings, quiet_torchvision_notice
 from config.loader import render_toml
 from config.schema import MASK_PRESETS, Config
 
 if TYPE_CHECKING:
-    from engine.infer_job import Replay
+    from engine.infer.job import Replay
 
 # flag -> config key it overrides (so the resolved config in the sidecar holds what was used)
 FLAG_KEYS = {
@@ -79,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--composite", action=argparse.BooleanOptionalAction, default=None,
                    help="paste the kept region back from the source with a feathered mask")
     g.add_argument("--feather", type=int, metavar="PIXELS", help="composite feather radius (default: 8)")
+    add_quiet_argument(p)
     p.add_argument("--replay", metavar="RESULT.json",
                    help="regenerate exactly the run a result.json describes (its config and settings; flags given "
                         "here still override). Output goes to replay/ beside it unless --out is given")
@@ -107,14 +110,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.plan:  # planning needs neither the weights nor the media to exist yet
         if not args.config:
             parser.error("--plan needs --config")
-        from engine.plan import run_plan
+        from engine.plan.job import run_plan
 
         args.overrides = [*args.overrides, *flag_overrides(args)]
         print(run_plan(config_from_args(args, check_paths=False), args, kind="infer"))
         return 0
 
-    from engine.generate import one_line_warnings, parse_lora_arg, quiet_torchvision_notice, resolve_loras
-    from engine.infer_job import read_replay, run_inference
+    from engine.infer.generate import parse_lora_arg, resolve_loras
+    from engine.infer.job import read_replay, run_inference
 
     quiet_torchvision_notice()
     with one_line_warnings():
@@ -130,14 +133,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         loras, note = resolve_loras(cfg, given, args.no_lora)
         print(note, file=sys.stderr if note.startswith("warning") else sys.stdout)
         frames_dir = Path(args.frames_dir).resolve() if args.frames_dir else None
-        print(run_inference(cfg, loras, args.prompt, frames_dir, replay))
+        console = ConsoleProgress(quiet=args.quiet)
+        try:
+            result = run_inference(cfg, loras, args.prompt, frames_dir, replay, progress=console)
+        finally:
+            console.close()
+    print(result.summary)
     return 0
 
 
 def load(args: argparse.Namespace, replay: Replay | None) -> Config | None:
     """The config: --config with --set and the flags, or the replayed sidecar's with them. None after
     --print-config."""
-    from engine.infer_job import replay_config
+    from engine.infer.job import replay_config
 
     overrides = [*args.overrides, *flag_overrides(args)]
     if replay is None:

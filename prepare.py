@@ -52,10 +52,11 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from config.cli import add_config_arguments, config_from_args, run
+from config.cli import add_config_arguments, add_quiet_argument, config_from_args, run
+from config.console import ConsoleProgress
 from config.errors import UserError
 from config.schema import Config
-from datasets.captions import DEFAULT_TASK, TASKS
+from datasets.prepare.captions import DEFAULT_TASK, TASKS
 from masks.auto import AutoMaskSettings
 
 TRIGGER = Config().data.trigger
@@ -100,9 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--model", type=Path, metavar="DIR", help="base model weights, written as model.ckpt_path")
     io.add_argument("--force", action="store_true", help="replace a job from another clip, or files changed by hand")
     io.add_argument("--no-preview", dest="make_preview", action="store_false", help="skip JOB/preview/")
-    io.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet_argument(io)
     w = p.add_argument_group("frames")
-    w.add_argument("--frames", type=int, default=49, help="frames in the job, 4k+1 (default 49)")
+    w.add_argument("--frames", type=int, default=0,
+                   help="frames in the job, 4k+1 (default: the model's, 49 for Wan2.1 and HunyuanVideo)")
     w.add_argument("--fps", type=float, default=0.0,
                    help="the job's frame rate (default: the model's, Wan 16, HunyuanVideo 24)")
     w.add_argument("--start", type=float, default=0.0, metavar="SECONDS", help="start of the window in the source")
@@ -174,7 +176,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--print-config needs --config")
     if not (args.video and args.edited_frame and args.out):
         parser.error("a new job needs --video, --edited-frame and --out (see the example in --help)")
-    from datasets.prepare_job import PrepareRequest, prepare_job, summary  # heavy imports after parsing
+    from datasets.prepare.job import PrepareRequest, prepare_job, summary  # heavy imports after parsing
 
     req = PrepareRequest(
         video=args.video, edited_frame=args.edited_frame, out=args.out, mask=args.mask, auto_mask=args.auto_mask,
@@ -188,7 +190,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         mask_dilate=args.mask_dilate, mask_bbox=args.mask_bbox, model=args.model, overrides=args.overrides,
         force=args.force, preview=args.make_preview, progress=not args.quiet,
     )
-    print(summary(req, prepare_job(req)))
+    console = ConsoleProgress(quiet=args.quiet)
+    try:
+        result = prepare_job(req, progress=console)
+    finally:
+        console.close()
+    print(summary(req, result))
     return 0
 
 

@@ -25,7 +25,7 @@ LARGER_SIZES = {
 
 def build_larger_tiny(path: str | Path, seed: int = 0) -> Path:
     """The larger tiny model in the diffusers layout at `path`; an existing build of the same sizes is reused."""
-    from tools.make_tiny_model import build_tiny_wan, resolve_sizes
+    from models.wan.tiny import build_tiny_wan, resolve_sizes
 
     path = Path(path)
     config = path / "transformer" / "config.json"

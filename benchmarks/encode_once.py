@@ -77,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", type=Path, help="build the model here and keep it (default: a temp dir)")
     args = parser.parse_args(argv)
 
-    from datasets.cache import EncodeCache
-    from engine.encode import encode_samples
-    from engine.flow import flow_loss, noisy_latents
+    from engine.encode.cache import EncodeCache
+    from engine.encode.samples import encode_samples
+    from engine.train.flow import flow_loss, noisy_latents
     from models.lora import add_lora
-    from models.wan import WanAdapter
+    from models.wan.adapter import WanAdapter
 
     torch.manual_seed(0)
     torch.set_num_threads(max(1, os.cpu_count() or 1))

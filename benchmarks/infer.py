@@ -36,10 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config.schema import ModelConfig  # noqa: E402
-from datasets.cache import EncodeCache  # noqa: E402
 from datasets.samples import inference_sample  # noqa: E402
-from engine.encode import encode_samples  # noqa: E402
-from engine.sampler import SamplerSettings, base_scheduler_config, sample  # noqa: E402
+from engine.encode.cache import EncodeCache  # noqa: E402
+from engine.encode.samples import encode_samples  # noqa: E402
+from engine.infer.sampler import SamplerSettings, base_scheduler_config, sample  # noqa: E402
 
 PROMPT, NEGATIVE, SEED = "p3rs0n, a blue square", "blurry, low quality", 3
 
@@ -100,15 +100,15 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from engine.generate import quiet_torchvision_notice
+    from engine.infer.generate import quiet_torchvision_notice
 
     quiet_torchvision_notice()
     from diffusers import WanImageToVideoPipeline
     from diffusers.hooks import FirstBlockCacheConfig
     from PIL import Image
 
-    from models import make_adapter
-    from tools.make_tiny_model import build_tiny_wan
+    from models.registry import make_adapter
+    from models.wan.tiny import build_tiny_wan
 
     torch.set_grad_enabled(False)
     with tempfile.TemporaryDirectory() as tmp:

@@ -35,10 +35,10 @@ def part_a() -> None:
     import torch
 
     from config.schema import Config
-    from engine.plan_measure import measure_training_steps
-    from engine.plan_model import resolve_model
-    from engine.plan_steps import trace_training_step
-    from tools.make_tiny_model import build_tiny_wan
+    from engine.plan.measure import measure_training_steps
+    from engine.plan.model import resolve_model
+    from engine.plan.steps import trace_training_step
+    from models.wan.tiny import build_tiny_wan
 
     torch.set_num_threads(1)  # tiny ops: more threads only spin
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,9 +60,9 @@ def part_a() -> None:
 
 def part_b() -> None:
     from config.schema import Config
-    from engine.plan_gpus import GPUS, GiB
-    from engine.plan_model import resolve_model
-    from engine.plan_report import plan_training, plan_with, step_seconds
+    from engine.plan.gpus import GPUS, GiB
+    from engine.plan.model import resolve_model
+    from engine.plan.report import plan_training, plan_with, step_seconds
 
     gpu = next(g for g in GPUS if g.name == "RTX 4090")
     cfg = Config()

@@ -33,7 +33,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets.prepare_job import PrepareRequest, prepare_job  # noqa: E402
+from datasets.prepare.job import PrepareRequest, prepare_job  # noqa: E402
 from masks.auto import AutoMaskSettings  # noqa: E402
 
 SRC_W, SRC_H, SRC_FPS, SECONDS = 1280, 720, 30, 4

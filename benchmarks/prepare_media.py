@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from datasets import media  # noqa: E402
+import media  # noqa: E402
 from masks.io import read_mask  # noqa: E402
 
 SRC_W, SRC_H, SRC_FPS, SECONDS = 1280, 720, 30, 4

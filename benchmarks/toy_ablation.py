@@ -50,7 +50,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import toy_metrics  # noqa: E402
-from config import load_config  # noqa: E402
+from config.loader import load_config  # noqa: E402
 from examples.toy import jobs, world  # noqa: E402
 
 TOY_TOML = REPO / "examples" / "toy.toml"
@@ -139,14 +139,14 @@ def job_config(job: Path, work: Path, model: Path, seed: int, v: Variant, args: 
 
 
 def generate_frames(cfg, lora: Path | None) -> np.ndarray:
-    from engine.generate import LoraSpec, build_request, generate
+    from engine.infer.generate import LoraSpec, build_request, generate
 
     request = build_request(cfg, [LoraSpec(lora, 1.0)] if lora else [])
     return generate(cfg, request, progress=False).frames
 
 
 def run_variant(job: Path, work: Path, model: Path, seed: int, v: Variant, args) -> np.ndarray:
-    from engine.train_job import run_training
+    from engine.train.job import run_training
 
     cfg = job_config(job, work, model, seed, v, args)
     lora = run_training(cfg).lora if v.train is not None else None
@@ -157,7 +157,7 @@ def run_variant(job: Path, work: Path, model: Path, seed: int, v: Variant, args)
 def vae_ceiling(model: Path, cases: list[world.EditCase]) -> float:
     """Reconstruction PSNR of the ground-truth edited clips through the toy VAE (the adapter's encode/decode)."""
     from datasets.samples import to_tensor
-    from models.wan import WanAdapter
+    from models.wan.adapter import WanAdapter
 
     adapter = WanAdapter(model, dtype=torch.float32)
     video = torch.stack([to_tensor(c.edited) for c in cases])

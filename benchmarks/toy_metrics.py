@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw
 
-from engine import metrics
+from engine.evaluate import metrics
 
 COLOR_TOL = 25.0  # Lab distance: a pixel "has the edit color"
 LOST_PENALTY = 16.0  # pixels (half the 32 px frame) for a frame where the edited shape is not found

@@ -71,7 +71,7 @@ def write_job(root: Path, model: Path, frames: int = 50) -> Path:
     import numpy as np
     from PIL import Image
 
-    from datasets import media
+    import media
 
     yy, xx = np.mgrid[0:SIZE, 0:SIZE]
     bg = np.stack([xx * 255 // SIZE, yy * 255 // SIZE, np.full_like(xx, 160)], -1).astype(np.uint8)
@@ -132,14 +132,14 @@ def setup(toml: Path, frames: int, checkpointing: bool) -> tuple:
     the encoded job and a Trainer (its stage's length is set per call by `trainer_steps`)."""
     import torch
 
-    from config import load_config
+    from config.loader import load_config
     from datasets.job import load_job
-    from engine import distributed as dist_utils
-    from engine.run_dir import RunDir
-    from engine.train_job import encode_job, plan_stages
-    from engine.trainer import Trainer
-    from models import make_adapter
+    from engine.train import distributed as dist_utils
+    from engine.train.job import encode_job, plan_stages
+    from engine.train.run_dir import RunDir
+    from engine.train.trainer import Trainer
     from models.lora import add_lora
+    from models.registry import make_adapter
 
     cfg = load_config(toml, [f"data.frames={frames}", "training.steps=1",
                              f"training.activation_checkpointing={str(checkpointing).lower()}"])
@@ -183,8 +183,8 @@ def make_bare_loop(cfg, adapter, encoded, transformer, checkpointing: bool):
     """The bare step on one fixed batch of the same BatchStream: predict, flow_loss, backward, AdamW."""
     import torch
 
-    from engine.batches import BatchStream, TimeSampling
-    from engine.flow import flow_loss
+    from engine.train.batches import BatchStream, TimeSampling
+    from engine.train.flow import flow_loss
     from models.base import Conditioning
 
     stream = BatchStream(adapter, {"video": encoded["video"]}, {"video": 1.0}, cfg.training.micro_batch_size_per_gpu,

@@ -1,7 +1,10 @@
-"""The edit job's TOML configuration: schema, loading/validation, and entry-point helpers."""
+"""The edit job's configuration and what the entry points share.
 
-from config.errors import ConfigError, UserError
-from config.loader import load_config, render_toml, require, save_config, to_dict
-from config.schema import Config
+Floor (imported by every layer): errors.py (`UserError`), atomic.py (every output written to a temp name, then
+renamed), progress.py (job functions' progress events and cooperative stop). Above models/ (the schema's
+`model.type` and per-family defaults come from the family registry): schema.py, loader.py (load, validate,
+override, write), cli.py and console.py (the entry points' arguments, exit codes and progress display).
 
-__all__ = ["Config", "ConfigError", "UserError", "load_config", "render_toml", "require", "save_config", "to_dict"]
+Import the modules themselves (`from config.loader import load_config`): importing this package imports none of
+them, so the floor stays below everything.
+"""

@@ -1,10 +1,14 @@
-"""What every entry point shares: `--config` / `--set` arguments and the user-error exit path."""
+"""What every entry point shares: `--config` / `--set` / `--quiet` arguments, signal handling for cooperative stops,
+and the user-error exit path. (Progress display: config.console.)"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 from config.errors import UserError
 from config.loader import load_config, render_toml
@@ -26,6 +30,12 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = True)
         "--print-config", action="store_true",
         help="print the resolved config (every key, with its doc) and exit",
     )
+
+
+def add_quiet_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress display (bars on a terminal, progress lines in a log); errors, warnings "
+                             "and the result still print")
 
 
 def add_plan_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +60,23 @@ def config_from_args(args: argparse.Namespace, check_paths: bool = True) -> Conf
         print(render_toml(cfg), end="")
         raise SystemExit(0)
     return cfg
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event, armed: Callable[[], bool]) -> Iterator[threading.Event]:
+    """SIGINT and SIGTERM set `stop` (a job's cooperative stop: it checkpoints and returns) once `armed()` says the
+    job can stop cleanly; before that they interrupt as usual (KeyboardInterrupt). Main thread only."""
+    def handler(signum: int, frame: object) -> None:  # noqa: ARG001 (signal handler signature)
+        if not armed():
+            raise KeyboardInterrupt
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def run(main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None) -> int:

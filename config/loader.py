@@ -19,7 +19,8 @@ import tomllib
 
 from config.atomic import write_atomic
 from config.errors import ConfigError
-from config.schema import FAMILY_DEFAULTS, Config
+from config.schema import Config
+from models.registry import family
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
 
@@ -34,6 +35,12 @@ def _is_section(f: dataclasses.Field) -> bool:
 
 def _default(f: dataclasses.Field) -> Any:
     return f.default if f.default is not dataclasses.MISSING else f.default_factory()
+
+
+def _choices(f: dataclasses.Field) -> tuple:
+    """A key's valid values; a callable gives them when asked (model.type: the families registered now)."""
+    choices = f.metadata["choices"]
+    return tuple(choices() if callable(choices) else choices)
 
 
 def _suggest(key: str, valid: Iterable[str]) -> str:
@@ -61,8 +68,8 @@ def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
     else:
         items = [value]
     for v in items:
-        if "choices" in meta and v not in meta["choices"]:
-            choices = ", ".join(repr(c) for c in meta["choices"])
+        if "choices" in meta and v not in _choices(f):
+            choices = ", ".join(repr(c) for c in _choices(f))
             raise ConfigError(f"{where} = {v!r} is not one of {choices}")
         if "min" in meta and isinstance(v, (int, float)) and v < meta["min"]:
             raise ConfigError(f"{where} = {v!r} is below the minimum {meta['min']}")
@@ -176,7 +183,7 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = (), c
         _check_inputs_exist(cfg, origin, overridden)
     _check_consistency(cfg, origin)
     if cfg.data.fps == 0:  # resolved here so every reader (and the saved run config) sees the real rate
-        cfg.data.fps = FAMILY_DEFAULTS[cfg.model.type].fps
+        cfg.data.fps = family(cfg.model.type).default_fps
     return cfg
 
 
@@ -233,7 +240,7 @@ def _toml_value(value: Any) -> str:
 def _doc_line(name: str, f: dataclasses.Field, value: Any) -> str:
     doc = f.metadata["doc"]
     if "choices" in f.metadata:
-        doc += " One of: " + ", ".join(_toml_value(c) for c in f.metadata["choices"]) + "."
+        doc += " One of: " + ", ".join(_toml_value(c) for c in _choices(f)) + "."
     return f"{name} = {_toml_value(value)}  # {doc} Default: {_toml_value(_default(f))}."
 
 

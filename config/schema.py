@@ -11,33 +11,21 @@ relative to that file's folder; relative paths given with `--set` are relative t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-# Wan's standard negative prompt, which the reference pipeline and the paper's code both use.
-WAN_NEGATIVE_PROMPT = (
-    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
-    "JPEG压缩残留，丑陋的，残缺的，多余的手指，画得不好的手部，画得不好的脸部，畸形的，毁容的，形态畸形的肢体，"
-    "手指融合，静止不动的画面，杂乱的背景，三条腿，背景人很多，倒着走"
-)
+from masks.presets import PRESETS
+from models.family import FamilySpec
+from models.registry import DEFAULT_FAMILY, families, names
 
-# HunyuanVideo-I2V's standard negative prompt for image-to-video (its release's NEGATIVE_PROMPT_I2V).
-HUNYUAN_NEGATIVE_PROMPT = "deformation, a poor composition and deformed video, bad teeth, bad eyes, bad limbs"
-
-
-@dataclass(frozen=True)
-class FamilyDefaults:
-    """What a model family was trained on: `data.width`/`height` = 0 and `data.fps` = 0 mean these."""
-
-    size: tuple[int, int]  # (width, height) for landscape and square sources; portrait swaps them
-    fps: float
-
-
-#: model.type -> its defaults (HunyuanVideo-I2V: the release's 720p bucket scaled to ~368p, as in the paper, 24 fps)
-FAMILY_DEFAULTS = {"wan": FamilyDefaults((832, 480), 16.0), "hunyuan_video": FamilyDefaults((624, 368), 24.0)}
-
-MASK_PRESETS = ("i2v", "none", "all", "selective", "loraedit", "reference")
+MASK_PRESETS = PRESETS  # the paper's conditioning presets (masks.presets)
 DTYPES = ("float32", "bfloat16", "float16")
+
+
+def _per_family(what: Callable[[FamilySpec], str]) -> str:
+    """A default that depends on the model family, for the docs: each registered family's value."""
+    return ", ".join(f"{spec.name}: {what(spec)}" for spec in families())
 
 
 def opt(default: Any, doc: str, **constraints: Any) -> Any:
@@ -50,8 +38,8 @@ def opt(default: Any, doc: str, **constraints: Any) -> Any:
 
 @dataclass
 class ModelConfig:
-    type: str = opt("wan", "Base model family: Wan2.1-I2V or HunyuanVideo-I2V (33-channel).",
-                    choices=tuple(FAMILY_DEFAULTS))
+    type: str = opt(DEFAULT_FAMILY, "Base model family: " + " or ".join(spec.title for spec in families()) + ".",
+                    choices=names)
     ckpt_path: str = opt(
         "", "Base model weights: a diffusers folder or the original release folder.", path="in"
     )
@@ -81,14 +69,14 @@ class DataConfig:
     caption: str = opt("", "Caption of the source clip, used for training.")
     edited_caption: str = opt("", "Caption of the edited frame, used for inference. Empty: caption.")
     trigger: str = opt("p3rs0n,", "Trigger token put before every caption (the paper's [p*]).")
-    fps: float = opt(0.0, "Frame rate the clip is resampled to. 0: the model's (Wan: 16, HunyuanVideo: 24).",
-                     min=0.0, max=120.0)
+    fps: float = opt(0.0, "Frame rate the clip is resampled to. 0: the model's ("
+                     + _per_family(lambda s: f"{s.default_fps:g}") + ").", min=0.0, max=120.0)
     frames: int = opt(49, "Frames in the window; must be 4k+1.", min=1, max=81)
     start: float = opt(0.0, "Start of the window in the source, in seconds.", min=0.0)
-    width: int = opt(0, "Frame width, a multiple of 16. 0: the model's (Wan: 832 landscape / 480 portrait; "
-                     "HunyuanVideo: 624 / 368).", min=0)
-    height: int = opt(0, "Frame height, a multiple of 16. 0: the model's (Wan: 480 landscape / 832 portrait; "
-                      "HunyuanVideo: 368 / 624).", min=0)
+    width: int = opt(0, "Frame width, a multiple of 16. 0: the model's, landscape / portrait ("
+                     + _per_family(lambda s: f"{s.default_size[0]} / {s.default_size[1]}") + ").", min=0)
+    height: int = opt(0, "Frame height, a multiple of 16. 0: the model's, landscape / portrait ("
+                      + _per_family(lambda s: f"{s.default_size[1]} / {s.default_size[0]}") + ").", min=0)
     resize_mode: str = opt("crop", "How the source is fitted to width x height.", choices=("crop", "pad"))
     mask_threshold: float = opt(0.5, "Mask pixels above this fraction of white are edit.", min=0.0, max=1.0)
     mask_dilate: int = opt(0, "Grow (>0) or shrink (<0) the edit mask by this many pixels.", min=-256, max=256)
@@ -176,11 +164,11 @@ class InferenceConfig:
     lora_weight: float = opt(1.0, "Strength of the LoRA.")
     steps: int = opt(50, "Denoising steps (Wan: 50; the paper: 30).", min=1, max=1000)
     guidance: float = opt(5.0, "Classifier-free guidance scale; 1 disables the negative pass.", min=0.0)
-    shift: float = opt(0.0, "Flow shift of the sampler. 0: the model's default (Wan 480P: 3.0, HunyuanVideo: 7.0).",
-                       min=0.0)
-    scheduler: str = opt("auto", "Sampler; auto: the model's own (Wan: unipc, HunyuanVideo: euler).",
+    shift: float = opt(0.0, "Flow shift of the sampler. 0: the model's default (the weights' scheduler config, "
+                       f"else {_per_family(lambda s: f'{s.default_shift:g}')}).", min=0.0)
+    scheduler: str = opt("auto", f"Sampler; auto: the model's own ({_per_family(lambda s: s.scheduler)}).",
                          choices=("unipc", "euler", "auto"))
-    negative_prompt: str = opt("", "Negative prompt. Empty: the model's standard one.")
+    negative_prompt: str = opt("", "Negative prompt. Empty: the model family's standard one.")
     out: str = opt("", "Output folder. Empty: results/ beside the config.", path="out")
     save_frames: bool = opt(False, "Also write lossless PNG frames.")
     side_by_side: bool = opt(True, "Also write source | result | mask overlay as one mp4.")

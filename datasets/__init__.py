@@ -1,1 +1,2 @@
-"""Media I/O, the sample builder (V_condition, M_condition, V_target, prompt) and the encode cache."""
+"""The job's data: job.py (a config's media, aligned), samples.py (the data contract), preview.py; prepare/
+(prepare.py's pipeline that makes job folders)."""

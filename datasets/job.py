@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+import media
 from config.errors import UserError
 from config.schema import Config
-from datasets import media
-from datasets.media import FitParams, MediaError
 from datasets.samples import (
     Sample,
     inference_sample,
@@ -31,6 +30,8 @@ from datasets.samples import (
 )
 from masks import morphology
 from masks.io import read_mask
+from media import FitParams, MediaError
+from models.registry import family
 
 
 @dataclass
@@ -78,7 +79,7 @@ def load_source(cfg: Config) -> tuple[np.ndarray, np.ndarray, FitParams, float]:
             raise _too_short(path, d, have) from None
         frames, src_times = clip.frames[idx], clip.timestamps[idx]
     src_h, src_w = frames.shape[1:3]
-    width, height = (d.width, d.height) if d.width else media.default_size(src_w, src_h, cfg.model.type)
+    width, height = (d.width, d.height) if d.width else family(cfg.model.type).size_for(src_w, src_h)
     fitted, fit = media.fit_size(frames, width, height, d.resize_mode)
     return fitted, src_times, fit, clip.fps
 

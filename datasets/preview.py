@@ -14,10 +14,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+import media
 from config.atomic import atomic_path, write_atomic
 from config.loader import to_dict
 from config.schema import Config
-from datasets import media
 from datasets.job import Job, inference_sample_for, training_samples
 from datasets.samples import Sample
 

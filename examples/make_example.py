@@ -16,7 +16,7 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from datasets.media import write_video  # noqa: E402
+from media import write_video  # noqa: E402
 
 W, H, FPS, SECONDS = 416, 240, 24, 3.5
 REFERENCE_FRAME = 18  # 0.75 s into the clip: inside a 17-frame (1 s) window too

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from config.errors import UserError
+from config.progress import Progress, tracked
 
 # Part of a job's mask key: bump it when the algorithm's output changes, so prepared jobs redo their masks.
 ALGORITHM_VERSION = 1
@@ -228,7 +228,8 @@ def _refine(frame: np.ndarray, prior: np.ndarray, band: int) -> np.ndarray:
 
 
 def propagate_mask(
-    frames: np.ndarray, first: np.ndarray, settings: AutoMaskSettings = AutoMaskSettings(), progress: bool = False
+    frames: np.ndarray, first: np.ndarray, settings: AutoMaskSettings = AutoMaskSettings(),
+    progress: Progress | None = None
 ) -> np.ndarray:
     """Carry a frame-0 mask (bool [H, W]) through uint8 frames [T, H, W, 3]: bool [T, H, W] tracked core."""
     T, H, W = frames.shape[:3]
@@ -239,7 +240,7 @@ def propagate_mask(
     out = np.zeros((T, H, W), bool)
     out[0] = first
     prev_gray = cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY)
-    for t in tqdm(range(1, T), desc="mask propagation", unit="frame", disable=not progress, leave=False):
+    for t in tracked(range(1, T), progress, "mask propagation", T - 1, "frame"):
         gray = cv2.cvtColor(frames[t], cv2.COLOR_RGB2GRAY)
         prev = out[t - 1]
         if prev.any():
@@ -268,7 +269,7 @@ def propagate_mask(
 
 def auto_mask(
     frames: np.ndarray, edited_first: np.ndarray, settings: AutoMaskSettings = AutoMaskSettings(),
-    progress: bool = False,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """The edit mask of a clip from its edited first frame: bool [T, H, W], True = may change."""
     first = difference_mask(frames[0], edited_first, settings)

@@ -26,7 +26,7 @@ import cv2
 import numpy as np
 import torch
 
-from datasets.media import (
+from media import (
     IMAGE_EXTS,
     FitParams,
     MediaError,

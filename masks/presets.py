@@ -12,8 +12,11 @@
 
 from __future__ import annotations
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the config schema reads PRESETS: importing this module must not import torch
+    import numpy as np
+    import torch
 
 PRESETS = ("i2v", "none", "all", "selective", "loraedit", "reference")
 
@@ -21,6 +24,9 @@ PRESETS = ("i2v", "none", "all", "selective", "loraedit", "reference")
 def preset_keep_mask(preset: str, edit_mask: np.ndarray | torch.Tensor) -> torch.Tensor:
     """edit_mask: bool [T, H, W], True = edit region (user semantics).
     Returns m_condition: float32 [1, T, H, W] in {0, 1}, 1 = preserve, 0 = generate."""
+    import numpy as np
+    import torch
+
     if preset not in PRESETS:
         raise ValueError(f"unknown mask preset {preset!r}; valid: {', '.join(PRESETS)}")
     edit = torch.as_tensor(np.asarray(edit_mask) if not isinstance(edit_mask, torch.Tensor) else edit_mask)

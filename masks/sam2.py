@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from config.errors import UserError
+from config.progress import Progress, tracked
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -90,7 +90,7 @@ def _pixel_values(frames: np.ndarray, size: int, mean: tuple, std: tuple) -> tor
 
 
 def track(
-    frames: np.ndarray, prompt: Sam2Prompt, weights: str | Path, device: str = "cpu", progress: bool = False
+    frames: np.ndarray, prompt: Sam2Prompt, weights: str | Path, device: str = "cpu", progress: Progress | None = None
 ) -> np.ndarray:
     """Segment the prompted object in every frame: bool [T, H, W], True = the object (may change)."""
     from transformers.models.sam2_video.modeling_sam2_video import Sam2VideoInferenceSession
@@ -124,7 +124,7 @@ def track(
     out = np.zeros((T, H, W), bool)
     with torch.no_grad():
         it = model.propagate_in_video_iterator(session, start_frame_idx=0)
-        for o in tqdm(it, total=T, desc="SAM2 tracking", unit="frame", disable=not progress, leave=False):
+        for o in tracked(it, progress, "SAM2 tracking", T, "frame"):
             logits = F.interpolate(o.pred_masks[:1].float(), size=(size, size), mode="bilinear", align_corners=False)
             logits = F.interpolate(logits, size=(H, W), mode="bilinear", align_corners=False)
             out[o.frame_idx] = (logits[0, 0] > 0).cpu().numpy()

@@ -1,11 +1,18 @@
 """The adapter contract: what train.py and infer.py need from a base model family.
 
-One adapter per family (models/wan.py, later models/hunyuan_video.py). Both entry points use the same
-adapter methods, so there is exactly one code path from a sample (V_condition, M_condition, V_target,
+One adapter per family (models/<family>/adapter.py, named by its registry record). Both entry points use the
+same adapter methods, so there is exactly one code path from a sample (V_condition, M_condition, V_target,
 prompt) to the transformer input.
 
 Components load one at a time (`load_vae`, `load_text_encoder`, ...) and `unload` frees them, so the
-encoders can be run, cached and dropped before the transformer is loaded.
+encoders can be run, cached and dropped before the transformer is loaded. The base class opens the weights
+(`open_weights`, the family's locator) and loads transformers (`build_transformer`, then the dtypes, frozen,
+on the device, with the family's LoRA file layout bound to it: models.lora).
+
+Experts: a family may have several transformers chosen by the sampler's timestep (`experts()`, each serving a
+range of timesteps; `expert_for(t)`). Loading, the layer list, `predict`, LoRA, block swap, planning and
+sampling take an expert name; `None` means the only expert of a one-expert family (Wan2.1, HunyuanVideo), so
+code written for one expert reads as before.
 
 The transformer is also exposed as a list of layers whose forward takes one tuple and returns one
 tuple (`layers()`); that list is what pipeline parallelism, activation checkpointing and block offload
@@ -14,7 +21,7 @@ is the model's own block module: block offload hooks that module, so it acts on 
 
 Memory options: `enable_checkpointing()` (the transformer's own gradient checkpointing, for `predict`),
 `checkpoint_layers()` (per-layer checkpointing of the layer list), float8 storage (`make_adapter` with
-`transformer_dtype = "float8"`), and block offload (`engine.offload.enable_block_swap`).
+`transformer_dtype = "float8"`), and block offload (`models.offload.enable_block_swap`).
 """
 
 from __future__ import annotations
@@ -22,10 +29,15 @@ from __future__ import annotations
 import gc
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.utils.checkpoint
 from torch import nn
+
+from models.family import Expert, FamilySpec
+from models.registry import family as family_spec
 
 
 @dataclass
@@ -53,7 +65,7 @@ class Conditioning:
 class ModelAdapter(ABC):
     """A base model family behind one small interface."""
 
-    #: family name as written in the config's `model.type`
+    #: family name as written in the config's `model.type` (its registry record: `spec`)
     family: str = ""
     #: VAE compression (time, space) and latent channels, read from the loaded configs
     temporal_compression: int = 4
@@ -61,10 +73,72 @@ class ModelAdapter(ABC):
     #: dtype the VAE runs in (part of the latent cache key)
     vae_dtype: torch.dtype = torch.float32
 
-    def __init__(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self,
+        ckpt_path: str | Path,
+        transformer_path: str | Path | None = None,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.bfloat16,
+        transformer_dtype: torch.dtype | None = None,
+        vae_dtype: torch.dtype = torch.float32,
+    ) -> None:
+        self._start(device, dtype)
+        self.weights = self.open_weights(ckpt_path, transformer_path)
+        self.transformer_dtype = transformer_dtype or dtype  # storage; `dtype` is the compute dtype
+        self.vae_dtype = vae_dtype
+        # Known without loading the VAE, so packing masks of cached samples needs no encoder.
+        self.temporal_compression, self.spatial_compression = self.weights.vae_scale_factors()
+
+    def _start(self, device: torch.device | str, dtype: torch.dtype) -> None:
         self.device = torch.device(device)
         self.dtype = dtype
         self.components: dict[str, object] = {}
+
+    @classmethod
+    def without_weights(cls, transformer: nn.Module, dtype: torch.dtype, compression: tuple[int, int],
+                        device: torch.device | str = "meta") -> ModelAdapter:
+        """The adapter around a transformer built elsewhere (the planner's, on the meta device), for every expert
+        (their architectures are the same); no weight folder is opened."""
+        adapter = cls.__new__(cls)
+        adapter._start(device, dtype)
+        adapter.weights = None
+        adapter.transformer_dtype = next(p.dtype for p in transformer.parameters())
+        adapter.temporal_compression, adapter.spatial_compression = compression
+        for expert in adapter.experts():
+            adapter.components[expert.name] = transformer
+        return adapter
+
+    @property
+    def spec(self) -> FamilySpec:
+        """The family's registry record (models.registry)."""
+        return family_spec(self.family)
+
+    @abstractmethod
+    def open_weights(self, ckpt_path: str | Path, transformer_path: str | Path | None) -> Any:
+        """The family's weight locator for model.ckpt_path (and the model.transformer_path override): it checks
+        the folder and loads each component (`vae_scale_factors()`, `identity(component)`, ...)."""
+
+    # -- experts ------------------------------------------------------------------------------------
+    def experts(self) -> tuple[Expert, ...]:
+        """The family's transformers, each with the sampler timesteps it serves (one for most families)."""
+        return self.spec.experts
+
+    def expert(self, name: str | None = None) -> Expert:
+        """The expert called `name` (None: the only one)."""
+        return self.spec.expert(name)
+
+    def expert_for(self, timestep: float | torch.Tensor) -> Expert:
+        """The expert serving a timestep on the sampler's 0..1000 scale (a tensor: its first element)."""
+        t = float(timestep.reshape(-1)[0]) if isinstance(timestep, torch.Tensor) else float(timestep)
+        return self.spec.expert_for(t)
+
+    def _expert_name(self, expert: str | None, timestep: torch.Tensor | None = None) -> str:
+        """`expert`, else the one serving `timestep` (several experts), else the only one."""
+        if expert is not None:
+            return self.expert(expert).name
+        if timestep is not None and len(self.experts()) > 1:
+            return self.expert_for(timestep).name
+        return self.expert(None).name
 
     # -- components -------------------------------------------------------------------------------
     @abstractmethod
@@ -77,12 +151,43 @@ class ModelAdapter(ABC):
     def load_image_encoder(self) -> nn.Module | None: ...
 
     @abstractmethod
-    def load_transformer(self, device: torch.device | str | None = None) -> nn.Module:
-        """The frozen transformer (loaded once), on `device` (default: the adapter's device).
+    def build_transformer(self, expert: Expert) -> nn.Module:
+        """The expert's transformer read from the weights, in `self.dtype` (its float32-kept modules in float32)."""
 
-        Load it on "cpu" when blocks will be offloaded: `engine.offload.enable_block_swap` then moves all but
+    def load_transformer(self, device: torch.device | str | None = None, expert: str | None = None) -> nn.Module:
+        """The frozen transformer of `expert` (None: the only one), loaded once, on `device` (default: the
+        adapter's device), stored in `transformer_dtype`, with the family's LoRA file layout bound to it.
+
+        Load it on "cpu" when blocks will be offloaded: `models.offload.enable_block_swap` then moves all but
         the offloaded blocks to the compute device, so the whole model never has to fit there.
         """
+        chosen = self.expert(expert)
+
+        def load() -> nn.Module:
+            from models.lora import LoraFiles, bind
+
+            model = self.build_transformer(chosen)
+            if self.transformer_dtype != self.dtype:
+                # float8 storage (typically): each linear stored in transformer_dtype, cast to dtype for its
+                # forward; applied before LoRA is added, so LoRA weights are never cast.
+                model.enable_layerwise_casting(storage_dtype=self.transformer_dtype, compute_dtype=self.dtype)
+            model.requires_grad_(False)
+            bind(model, LoraFiles(self.spec.formats(), self.base_model_name(), chosen))
+            return model.to(device or self.device)
+
+        return self._get(chosen.name, load)
+
+    def use_expert(self, expert: str | None) -> nn.Module:
+        """The expert's transformer, on the compute device; the family's other loaded experts wait in host RAM
+        (one large model on the device at a time). A one-expert family: `load_transformer()`."""
+        name = self._expert_name(expert)
+        if len(self.experts()) == 1 or self.device.type == "cpu":
+            return self.load_transformer(expert=name)
+        for other in self.experts():
+            model = self.components.get(other.name)
+            if other.name != name and isinstance(model, nn.Module):
+                model.to("cpu")
+        return self.load_transformer(expert=name).to(self.device)
 
     def _get(self, name: str, loader) -> object:
         """Component `name`, loaded by `loader()` on first use."""
@@ -98,31 +203,51 @@ class ModelAdapter(ABC):
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
 
-    @abstractmethod
+    def unload_transformers(self) -> None:
+        """Drop every expert's transformer."""
+        self.unload(*(e.name for e in self.experts()))
+
     def weights_identity(self, component: str | None = None) -> str:
         """A string that changes when the weights of `component` ("vae", "text_encoder", "image_encoder",
         "transformer"; all when None) change: cache keys depend only on the encoder that made the entry."""
+        return self.weights.identity(component)
 
     @abstractmethod
     def base_model_name(self) -> str:
         """The base model as LoRA metadata names it (e.g. "wan2.1-i2v-14b"), read from the configs."""
 
-    def enable_checkpointing(self) -> None:
+    def enable_checkpointing(self, expert: str | None = None) -> None:
         """Gradient checkpointing of the transformer's blocks inside `predict` (the model's own mechanism).
 
         The layer list is checkpointed per layer instead (`checkpoint_layers`, or DeepSpeed's
         `activation_checkpoint_interval`); use one of the two per run, not both.
         """
-        self.load_transformer().enable_gradient_checkpointing()
+        self.load_transformer(expert=expert).enable_gradient_checkpointing()
 
     # -- encoders ---------------------------------------------------------------------------------
-    @abstractmethod
+    @torch.no_grad()
     def encode_video(self, video: torch.Tensor) -> torch.Tensor:
         """[B, 3, T, H, W] in [-1, 1] -> normalized latents (VAE posterior mode)."""
+        vae = self.load_vae()
+        if (video.shape[2] - 1) % self.temporal_compression:
+            raise ValueError(f"frame count {video.shape[2]} is not 4k+1; the VAE would drop frames silently")
+        z = vae.encode(video.to(self.device, vae.dtype)).latent_dist.mode().float()
+        return self.normalize_latents(z)
 
-    @abstractmethod
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Normalized latents -> [B, 3, T, H, W] in [-1, 1]."""
+        vae = self.load_vae()
+        z = self.denormalize_latents(latents.float()).to(self.device, vae.dtype)
+        return vae.decode(z, return_dict=False)[0].float().clamp(-1, 1)
+
+    @abstractmethod
+    def normalize_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """The VAE's raw float32 latents -> the normalized latents the transformer works on."""
+
+    @abstractmethod
+    def denormalize_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """The inverse of `normalize_latents` (float32)."""
 
     @abstractmethod
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
@@ -177,13 +302,23 @@ class ModelAdapter(ABC):
     def transformer_input(self, noisy: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         """Noisy latents and the extra channels -> the transformer's input tensor."""
 
-    @abstractmethod
-    def predict(self, model_input: torch.Tensor, timestep: torch.Tensor, c: Conditioning) -> torch.Tensor:
-        """Velocity prediction; `timestep` in [0, 1000] as the schedulers use it."""
+    def predict(self, model_input: torch.Tensor, timestep: torch.Tensor, c: Conditioning,
+                expert: str | None = None) -> torch.Tensor:
+        """Velocity prediction; `timestep` in [0, 1000] as the schedulers use it. `expert`: which transformer
+        (None: the one serving `timestep`). The transformer's own forward, with `model_kwargs`."""
+        model = self.load_transformer(expert=self._expert_name(expert, timestep))
+        dev, dtype = self.device, self.dtype
+        return model(hidden_states=model_input.to(dev, dtype), timestep=timestep.to(dev),
+                     encoder_hidden_states=c.text.to(dev, dtype), return_dict=False,
+                     **self.model_kwargs(model_input, c))[0]
 
     @abstractmethod
-    def layers(self) -> list[nn.Module]:
-        """The transformer as tuple-in/tuple-out layers: run in sequence they equal `predict`."""
+    def model_kwargs(self, model_input: torch.Tensor, c: Conditioning) -> dict:
+        """The transformer's forward arguments besides the input, timestep and text embedding, on the device."""
+
+    @abstractmethod
+    def layers(self, expert: str | None = None) -> list[nn.Module]:
+        """The expert's transformer as tuple-in/tuple-out layers: run in sequence they equal `predict`."""
 
     @abstractmethod
     def first_layer_input(self, model_input: torch.Tensor, timestep: torch.Tensor, c: Conditioning) -> tuple:
@@ -199,7 +334,7 @@ class BlockLayer(nn.Module):
 
     Subclasses implement `run` and name in `passthrough` the tuple positions a block returns unchanged (the
     per-step constants: text, modulation, rotary tables, ...). With `constants_without_grad` set (pipeline
-    runs, see engine.trainer.pipeline_layers) the block runs on detached constants: DeepSpeed makes every
+    runs, see engine.train.trainer.pipeline_layers) the block runs on detached constants: DeepSpeed makes every
     floating tensor passed between stages require grad, and each block would otherwise compute those
     constants' gradients (nothing upstream trains) and keep the activations that needs. A zero term still
     connects them, because DeepSpeed sends a gradient back for every floating input of a stage.

@@ -2,21 +2,23 @@
 
 Inside the project a LoRA is a PEFT adapter on the diffusers transformer (`transformer.add_adapter`), and
 its weights a PEFT state dict (`blocks.0.attn1.to_q.lora_A.weight`, ...). The file layouts users load
-(ComfyUI/original, diffusers, musubi) belong to the family: `_FAMILIES` maps the transformer class to its
-key-format module (Wan2.1: `models.lora_formats`) and to the function naming its base model for metadata.
+(ComfyUI/original, diffusers, musubi) belong to the family: the adapter that loads a transformer binds it to its
+family's key formats, base-model name and expert (`bind`, `LoraFiles`), so a transformer's LoRA files are read
+and written in its family's layouts whichever family it is (two families may share a transformer class).
 
 Loading one or several LoRAs for inference (`load_lora_weights_into` with distinct adapter names) keeps each
 as its own adapter with its own ranks and alphas, strength folded into its up-projection, so they stack.
+A family with several experts has one LoRA file per expert (`lora_expert` tells which expert a file is for).
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import re
 import warnings
+import weakref
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -25,36 +27,57 @@ import torch
 from peft import LoraConfig
 from torch import nn
 
-#: transformer class name -> (LoRA key-format module, "module:function" naming the base model from its config)
-_FAMILIES = {"WanTransformer3DModel": ("models.lora_formats", "models.wan:base_model_name"),
-             "HunyuanVideoTransformer3DModel": ("models.hunyuan_lora", "models.hunyuan_video:base_model_name")}
-#: config model.type -> its LoRA key-format module (to check LoRA files before any model loads)
-_FORMATS_BY_TYPE = {"wan": "models.lora_formats", "hunyuan_video": "models.hunyuan_lora"}
+from models.dtypes import dtype_from_name
+from models.family import Expert
+from models.lora_files import LoraFormatError
 
 
-def lora_formats_for(model_type: str) -> ModuleType:
-    """The LoRA key-format module of a config's `model.type` (`load_lora`, `save_lora`, `FORMATS`, ...)."""
-    return importlib.import_module(_FORMATS_BY_TYPE[model_type])
+@dataclass(frozen=True)
+class LoraFiles:
+    """What a transformer's LoRA files look like: its family's key formats module (`to_peft`, `load_lora`,
+    `save_lora`, `check_fits`, `FORMATS`), the base model its metadata names, and the expert it is."""
+
+    formats: ModuleType
+    base_model: str
+    expert: Expert = field(default_factory=Expert)
 
 
-def _family(transformer: nn.Module) -> tuple[ModuleType, Callable]:
-    name = type(transformer).__name__
-    if name not in _FAMILIES:
-        raise TypeError(f"no LoRA key format is registered for {name}; add it to models.lora._FAMILIES")
-    formats, namer = _FAMILIES[name]
-    module, func = namer.split(":")
-    return importlib.import_module(formats), getattr(importlib.import_module(module), func)
+_BOUND: weakref.WeakKeyDictionary[nn.Module, LoraFiles] = weakref.WeakKeyDictionary()
 
 
-def _dtype(dtype: str | torch.dtype) -> torch.dtype:
-    from models import dtype_from_name
+def bind(transformer: nn.Module, files: LoraFiles) -> None:
+    """Record `transformer`'s LoRA file layout (models.base.ModelAdapter.load_transformer does it)."""
+    _BOUND[transformer] = files
 
-    return dtype_from_name(dtype)
+
+def files_of(transformer: nn.Module) -> LoraFiles:
+    try:
+        return _BOUND[transformer]
+    except KeyError:
+        raise TypeError(f"this {type(transformer).__name__} was not loaded by a model adapter, so its LoRA file "
+                        "layout is unknown (models.base.ModelAdapter.load_transformer binds it)") from None
 
 
 def base_model_of(transformer: nn.Module) -> str:
     """The base-model name LoRA metadata records for this transformer (e.g. "wan2.1-i2v-14b")."""
-    return _family(transformer)[1](transformer.config)
+    return files_of(transformer).base_model
+
+
+def lora_expert(path: str | os.PathLike, metadata: Mapping[str, str], experts: Sequence[Expert]) -> Expert:
+    """The expert a LoRA file is for: the only one; else the one its metadata names (`expert`, as this project
+    writes it), else the one whose file suffix (`lora_high_noise.safetensors`) or name its file name carries."""
+    if len(experts) == 1:
+        return experts[0]
+    named = metadata.get("expert")
+    for expert in experts:
+        if named == expert.name:
+            return expert
+    stem = Path(path).stem.lower()
+    found = [e for e in experts if (e.suffix and stem.endswith(e.suffix.lower())) or e.name.lower() in stem]
+    if len(found) == 1:
+        return found[0]
+    raise LoraFormatError(f"{path}: which expert is this LoRA for? Name the file after one of "
+                          + ", ".join(f"'{e.name}' (...{e.suffix}.safetensors)" for e in experts))
 
 
 def add_lora(transformer: nn.Module, target_modules: Iterable[str], rank: int, alpha: float, dropout: float = 0.0,
@@ -68,7 +91,7 @@ def add_lora(transformer: nn.Module, target_modules: Iterable[str], rank: int, a
     config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                         init_lora_weights=True)
     transformer.add_adapter(config, adapter_name)
-    dtype = _dtype(dtype)
+    dtype = dtype_from_name(dtype)
     params = []
     for name, p in transformer.named_parameters():
         if ".lora_" in name and f".{adapter_name}." in name:
@@ -99,12 +122,13 @@ class LoadReport:
 
 def _read(transformer: nn.Module, source: str | os.PathLike | Mapping[str, torch.Tensor]
           ) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, str], str]:
-    formats, namer = _family(transformer)
+    files = files_of(transformer)
+    formats = files.formats
     if isinstance(source, Mapping):
         peft_sd, alphas = formats.to_peft(source)
         metadata, label = {}, "LoRA state dict"
     else:
-        peft_sd, alphas, metadata = formats.load_lora(source, expected_base_model=namer(transformer.config))
+        peft_sd, alphas, metadata = formats.load_lora(source, expected_base_model=files.base_model)
         label = str(source)
     formats.check_fits(peft_sd, transformer)  # modules the model does not have, or other shapes: an error
     return peft_sd, alphas, metadata, label
@@ -143,7 +167,6 @@ def load_lora_weights_into(transformer: nn.Module, source: str | os.PathLike | M
     adapter are reported (warning + `LoadReport.unmatched`), never silently dropped; keys that match no module
     of the model at all, or a LoRA for another base model, are an error.
     """
-    formats, _ = _family(transformer)
     peft_sd, alphas, metadata, label = _read(transformer, source)
     pairs = _pairs(peft_sd)
     if adapter_name not in (getattr(transformer, "peft_config", None) or {}):
@@ -159,7 +182,7 @@ def load_lora_weights_into(transformer: nn.Module, source: str | os.PathLike | M
                 continue
             la, lb = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
             if la.shape != a.shape or lb.shape != b.shape:
-                raise formats.LoraFormatError(
+                raise LoraFormatError(
                     f"{label}: {name} has rank {a.shape[0]}, the adapter rank {la.shape[0]}; set adapter.rank to "
                     "the file's rank to start from it")
             # Effective update: weight * (alpha / rank)_file * B A == scaling_adapter * B' A.
@@ -175,13 +198,15 @@ def load_lora_weights_into(transformer: nn.Module, source: str | os.PathLike | M
 
 def save_lora_state(path: str | os.PathLike, state: Mapping[str, torch.Tensor], transformer: nn.Module, *,
                     fmt: str = "comfyui", rank: int, alpha: float, trigger: str = "", config_toml: str = "",
-                    base_model: str | None = None) -> Path:
+                    base_model: str | None = None, several_experts: bool = False) -> Path:
     """Write a PEFT dict (e.g. gathered from pipeline stages) in the family's file layout `fmt`, with rank,
-    alpha, base model (from the transformer's config unless given), trigger and config in its metadata."""
-    formats, namer = _family(transformer)
-    return formats.save_lora(path, dict(state), fmt=fmt, rank=rank, alpha=alpha,
-                             base_model=base_model or namer(transformer.config), trigger=trigger,
-                             config_toml=config_toml)
+    alpha, base model (the transformer's unless given), trigger and config in its metadata (and, for a family of
+    `several_experts`, the expert it is for)."""
+    files = files_of(transformer)
+    extra = {"expert": files.expert.name} if several_experts else None
+    return files.formats.save_lora(path, dict(state), fmt=fmt, rank=rank, alpha=alpha,
+                                   base_model=base_model or files.base_model, trigger=trigger,
+                                   config_toml=config_toml, extra=extra)
 
 
 def save_trained_lora(path: str | os.PathLike, transformer: nn.Module, fmt: str = "comfyui", *, rank: int,

@@ -28,7 +28,7 @@ def tiny_wan_factory(tmp_path_factory: pytest.TempPathFactory) -> TinyWanFactory
     Returns the model folder (diffusers, original) or the ``.safetensors`` file (single-file).
     Treat the result as read-only: other tests share it.
     """
-    from tools.make_tiny_model import build_tiny_wan
+    from models.wan.tiny import build_tiny_wan
 
     root = tmp_path_factory.mktemp("tiny-wan")
     built: dict[tuple, Path] = {}
@@ -77,7 +77,7 @@ def tiny_hunyuan_factory(tmp_path_factory: pytest.TempPathFactory) -> TinyHunyua
     Tiny HunyuanVideo-I2V (tools/make_tiny_hunyuan.py): the folder (diffusers, original) or the ``.safetensors``
     file (single-file). Read-only: other tests share it.
     """
-    from tools.make_tiny_hunyuan import build_tiny_hunyuan
+    from models.hunyuan_video.tiny import build_tiny_hunyuan
 
     root = tmp_path_factory.mktemp("tiny-hunyuan")
     built: dict[tuple, Path] = {}

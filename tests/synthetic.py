@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from datasets import media
+import media
 
 
 def moving_square(t: int, w: int, h: int, *, top: int, side: int, x0: int, step: int, margin: int = 0,

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from config import Config, ConfigError, load_config, render_toml, require, save_config, to_dict
+from config.errors import ConfigError
+from config.loader import load_config, render_toml, require, save_config, to_dict
+from config.schema import Config
 
 REPO = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = ["train.py", "infer.py", "prepare.py", "evaluate.py"]

@@ -16,11 +16,11 @@ import pytest
 from PIL import Image
 
 import evaluate as evaluate_cli
+import media
 from config.errors import UserError
-from datasets import media
-from engine import metrics as M
-from engine.evaluate_job import EvalInputs, ResultVideo, evaluate, inputs_from_paths
-from engine.evaluate_report import summary_text
+from engine.evaluate import metrics as M
+from engine.evaluate.job import EvalInputs, ResultVideo, evaluate, inputs_from_paths
+from engine.evaluate.report import summary_text
 
 REPO = Path(__file__).resolve().parents[1]
 T, H, W = 9, 48, 64
@@ -382,7 +382,7 @@ def test_clip_metrics_run_on_a_tiny_random_clip_and_lie_in_range(tiny_clip):
 def test_clip_vision_tower_without_projection_is_refused(tiny_clip, tmp_path):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPVisionModel
 
-    from engine.metrics_clip import ClipImageEncoder
+    from engine.evaluate.clip import ClipImageEncoder
 
     CLIPVisionModel(CLIPConfig.from_pretrained(tiny_clip).vision_config).save_pretrained(tmp_path)
     CLIPImageProcessor.from_pretrained(tiny_clip).save_pretrained(tmp_path)

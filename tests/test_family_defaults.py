@@ -7,11 +7,11 @@ import pytest
 from PIL import Image
 from synthetic import moving_square
 
-from config import load_config
+import media
 from config.errors import ConfigError, UserError
-from datasets import media
-from datasets.prepare_job import PrepareRequest, prepare_job
-from models import detect_family, make_adapter
+from config.loader import load_config
+from datasets.prepare.job import PrepareRequest, prepare_job
+from models.registry import default_size, detect_family, make_adapter
 
 
 def test_fps_zero_means_the_families_rate_and_fractions_below_one_are_refused():
@@ -23,10 +23,10 @@ def test_fps_zero_means_the_families_rate_and_fractions_below_one_are_refused():
 
 
 def test_default_size_per_family_and_orientation():
-    assert media.default_size(1920, 1080) == (832, 480)
-    assert media.default_size(1080, 1920, "wan") == (480, 832)
-    assert media.default_size(1920, 1080, "hunyuan_video") == (624, 368)
-    assert media.default_size(720, 1280, "hunyuan_video") == (368, 624)
+    assert default_size(1920, 1080) == (832, 480)
+    assert default_size(1080, 1920, "wan") == (480, 832)
+    assert default_size(1920, 1080, "hunyuan_video") == (624, 368)
+    assert default_size(720, 1280, "hunyuan_video") == (368, 624)
 
 
 def test_families_are_detected_from_their_folders(tiny_wan_diffusers, tiny_wan_original, tiny_hunyuan_diffusers,
@@ -63,7 +63,7 @@ def test_prepare_takes_the_family_rate_and_size_from_the_model_folder(tiny_hunyu
 
 
 def test_plans_use_the_family_size_when_the_config_leaves_it_automatic():
-    from engine.plan_model import job_size, resolve_model
+    from engine.plan.model import job_size, resolve_model
 
     hunyuan = load_config(None, ["model.type='hunyuan_video'", "data.frames=33"], check_paths=False)
     assert job_size(hunyuan, resolve_model(hunyuan, "hunyuanvideo-i2v")) == (33, 368, 624)

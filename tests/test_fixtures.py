@@ -18,8 +18,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import AutoTokenizer, CLIPVisionModelWithProjection, UMT5EncoderModel
 
-from models import wan_layouts as wl
-from tools import make_tiny_model as tiny
+from models.wan import layouts as wl
+from models.wan import tiny
+from tools import make_tiny_model as cli
 
 REPO = Path(__file__).resolve().parents[1]
 FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
@@ -242,15 +243,15 @@ def test_cli_help_teaches() -> None:
 
 def test_cli_writes_a_loadable_folder_atomically(tmp_path: Path, tiny_wan_original: Path) -> None:
     out = tmp_path / "cli-original"
-    assert tiny.main(["--family", "wan-i2v", "--layout", "original", "--out", str(out), "--seed", "0"]) == 0
+    assert cli.main(["--family", "wan-i2v", "--layout", "original", "--out", str(out), "--seed", "0"]) == 0
     assert wl.detect_layout(out) == "original"
     assert [p.name for p in tmp_path.iterdir()] == ["cli-original"]  # no temp folder left behind
     assert_same_state(wl.load_original_transformer_state_dict(out),
                       wl.load_original_transformer_state_dict(tiny_wan_original))  # same seed, same weights
     with pytest.raises(SystemExit):  # refuses to clobber
-        tiny.main(["--family", "wan-i2v", "--layout", "original", "--out", str(out)])
+        cli.main(["--family", "wan-i2v", "--layout", "original", "--out", str(out)])
     with pytest.raises(SystemExit):
-        tiny.main(["--family", "wan-i2v", "--layout", "diffusers", "--out", str(tmp_path / "x"), "--dtype", "fp8"])
+        cli.main(["--family", "wan-i2v", "--layout", "diffusers", "--out", str(tmp_path / "x"), "--dtype", "fp8"])
     tiny.build_tiny_wan(out, "single-file", seed=1, dtype="fp16", overwrite=True)
     assert [p.name for p in out.iterdir()] == [tiny.single_file_name("fp16")]
     seed1 = wl.load_single_file_transformer_state_dict(out / tiny.single_file_name("fp16"))
@@ -308,7 +309,7 @@ def test_sizes_override_one_build_and_keep_widths_consistent(tmp_path: Path) -> 
     assert frames.shape == (1, 5, 32, 32, 3) and np.isfinite(frames).all()
     # The CLI takes the same overrides; the original layout reads the widths back off the shapes.
     orig = tmp_path / "wider-original"
-    assert tiny.main(["--family", "wan-i2v", "--layout", "original", "--out", str(orig),
+    assert cli.main(["--family", "wan-i2v", "--layout", "original", "--out", str(orig),
                       "--sizes", json.dumps(WIDER)]) == 0
     config = wl.wan_transformer_config_from_original(orig / "config.json")
     assert config == {k: (list(v) if isinstance(v, tuple) else v) for k, v in tr.items() if k in config}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from datasets.cache import EncodeCache, fingerprint
-from engine.flow import flow_loss, noisy_latents, sample_time, shift_time
+from engine.encode.cache import EncodeCache, fingerprint
+from engine.train.flow import flow_loss, noisy_latents, sample_time, shift_time
 
 
 def test_noisy_latents_interpolate_and_target_is_velocity():

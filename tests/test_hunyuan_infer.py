@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from synthetic import write_square_job
 
-from config import load_config
-from config.schema import HUNYUAN_NEGATIVE_PROMPT
+from config.loader import load_config
 from datasets.job import load_job
+from models.hunyuan_video.spec import NEGATIVE_PROMPT as HUNYUAN_NEGATIVE_PROMPT
 
 T, H, W = 9, 32, 48
 STEPS, SEED = 3, 7
@@ -63,7 +63,7 @@ def pipeline_frames(pipe, job: Path, guidance: float) -> np.ndarray:
 
 
 def generate(job: Path, *overrides: str):
-    from engine.generate import build_request, generate
+    from engine.infer.generate import build_request, generate
 
     cfg = load_config(job / "edit.toml", [f"seed={SEED}", *overrides])
     return generate(cfg, build_request(cfg, []), progress=False)
@@ -84,7 +84,7 @@ def test_i2v_without_lora_equals_the_diffusers_pipeline(job, pipe):
 
 
 def test_template_positions_come_from_the_tokenizer(tiny_hunyuan_diffusers):
-    from models.hunyuan_video import HunyuanVideoAdapter
+    from models.hunyuan_video.adapter import HunyuanVideoAdapter
 
     adapter = HunyuanVideoAdapter(tiny_hunyuan_diffusers, dtype=torch.float32)
     adapter.load_text_encoder()
@@ -98,10 +98,10 @@ def test_template_positions_come_from_the_tokenizer(tiny_hunyuan_diffusers):
 
 
 def test_loraedit_packs_mask_and_zeroes_generated_condition_latents(job):
-    from datasets.cache import EncodeCache
     from datasets.job import inference_sample_for
-    from engine.encode import encode_with_negative
-    from models import make_adapter
+    from engine.encode.cache import EncodeCache
+    from engine.encode.samples import encode_with_negative
+    from models.registry import make_adapter
 
     cfg = load_config(job / "edit.toml")
     sample = inference_sample_for(cfg, load_job(cfg, edited=True), "loraedit")
@@ -120,8 +120,8 @@ def test_loraedit_packs_mask_and_zeroes_generated_condition_latents(job):
 
 
 def test_token_replace_variant_is_refused_with_the_reason(tiny_hunyuan_factory):
-    from models.hunyuan_video import HunyuanVideoAdapter
-    from models.wan_loading import WeightsError
+    from models.hunyuan_video.adapter import HunyuanVideoAdapter
+    from models.wan.loading import WeightsError
 
     folder = tiny_hunyuan_factory("diffusers", variant="token_replace")
     with pytest.raises(WeightsError, match="16-channel 'token_replace'.*no mask input channel"):

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.hunyuan_video import HunyuanVideoAdapter
-from models.wan_loading import WeightsError
+from models.hunyuan_video.adapter import HunyuanVideoAdapter
+from models.wan.loading import WeightsError
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def adapters(tiny_hunyuan_factory, tiny_hunyuan_diffusers) -> dict[str, HunyuanV
     }
 
 
-def _inputs():
+def model_inputs():
     from models.base import Conditioning
 
     g = torch.Generator().manual_seed(1)
@@ -37,7 +37,7 @@ def _inputs():
 
 
 def test_layouts_give_the_same_transformer_output(adapters):
-    x, t, c = _inputs()
+    x, t, c = model_inputs()
     ref = adapters["diffusers"].predict(x, t, c)
     # Equal weights; the outputs differ only by float rounding (7e-7 measured, outputs ~3): BLAS sums in another
     # order for the memory-mapped, unaligned tensors of a safetensors checkpoint than for freshly allocated ones.

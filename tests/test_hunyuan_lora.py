@@ -10,14 +10,14 @@ import torch
 from peft import LoraConfig, get_peft_model_state_dict
 from safetensors.torch import load_file
 
-from models import hunyuan_layouts as hl
-from models.hunyuan_lora import load_lora, save_lora
-from models.lora_formats import LoraFormatError
+from models.hunyuan_video import layouts as hl
+from models.hunyuan_video.lora_formats import load_lora, save_lora
+from models.wan.lora_formats import LoraFormatError
 
 
 @pytest.fixture(scope="module")
 def adapter(tiny_hunyuan_diffusers):
-    from models.hunyuan_video import HunyuanVideoAdapter
+    from models.hunyuan_video.adapter import HunyuanVideoAdapter
 
     return HunyuanVideoAdapter(tiny_hunyuan_diffusers, dtype=torch.float32)
 
@@ -67,7 +67,7 @@ def test_diffusers_loads_the_comfyui_layout_with_every_key_and_same_output(adapt
     from diffusers import HunyuanVideoImageToVideoPipeline
 
     from models.lora import load_lora_weights_into
-    from tests.test_hunyuan_layouts import _inputs
+    from tests.test_hunyuan_layouts import model_inputs
 
     # Double-stream blocks only: diffusers' converter splits the single blocks' linear1 at the real width 3072.
     targets = [t for t in adapter.lora_target_modules() if t.startswith("transformer_blocks.")]
@@ -88,7 +88,7 @@ def test_diffusers_loads_the_comfyui_layout_with_every_key_and_same_output(adapt
     assert loaded == set(targets)  # every fused key became its parts, nothing else
     ours = adapter.load_transformer()
     load_lora_weights_into(ours, path, adapter_name="file")
-    x, t, c = _inputs()
+    x, t, c = model_inputs()
     ref = pipe.transformer(hidden_states=x, timestep=t, encoder_hidden_states=c.text,
                            encoder_attention_mask=c.text_mask, pooled_projections=c.pooled, return_dict=False)[0]
     got = adapter.predict(x, t, c)

@@ -13,8 +13,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from train_runs import DEEPSPEED, run_folder, run_train
 
-from config import load_config
-from datasets import media
+import media
+from config.loader import load_config
 
 T, H, W = 9, 32, 48
 
@@ -54,7 +54,7 @@ def job(tmp_path_factory, tiny_hunyuan_diffusers) -> Path:
 
 def test_layers_equal_the_model_forward(tiny_hunyuan_diffusers):
     from models.base import Conditioning
-    from models.hunyuan_video import HunyuanVideoAdapter
+    from models.hunyuan_video.adapter import HunyuanVideoAdapter
 
     adapter = HunyuanVideoAdapter(tiny_hunyuan_diffusers, dtype=torch.float32)
     g = torch.Generator().manual_seed(0)
@@ -90,7 +90,7 @@ def test_single_process_lora_loads_in_diffusers_with_every_key_and_same_output(j
 
     from diffusers import HunyuanVideoImageToVideoPipeline
 
-    from engine.generate import LoraSpec, build_request, generate
+    from engine.infer.generate import LoraSpec, build_request, generate
     from tests.test_hunyuan_infer import template_for
 
     pipe = HunyuanVideoImageToVideoPipeline.from_pretrained(tiny_hunyuan_diffusers, dtype=torch.float32)

@@ -22,11 +22,11 @@ import torch
 from PIL import Image
 from synthetic import write_square_job
 
-from config import load_config
-from config.schema import WAN_NEGATIVE_PROMPT
-from datasets import media
+import media
+from config.loader import load_config
 from datasets.job import load_job
 from datasets.samples import to_tensor
+from models.wan.spec import NEGATIVE_PROMPT as WAN_NEGATIVE_PROMPT
 
 REPO = Path(__file__).resolve().parents[1]
 T, H, W = 5, 32, 48
@@ -58,7 +58,7 @@ def pipeline_frames(pipe, job: Path, seed: int = SEED, guidance: float = 5.0) ->
 
 
 def generate(job: Path, *overrides: str, loras=()):
-    from engine.generate import LoraSpec, build_request, generate
+    from engine.infer.generate import LoraSpec, build_request, generate
 
     cfg = load_config(job / "edit.toml", [f"seed={SEED}", *overrides])
     return generate(cfg, build_request(cfg, [LoraSpec(Path(p), w) for p, w in loras]), progress=False)
@@ -73,7 +73,7 @@ def make_lora(tiny: Path, path: Path, seed: int, base_model: str = "wan2.1-i2v-1
     from diffusers import WanTransformer3DModel
     from peft import LoraConfig, get_peft_model_state_dict
 
-    from models.lora_formats import save_lora
+    from models.wan.lora_formats import save_lora
 
     model = WanTransformer3DModel.from_pretrained(tiny / "transformer")
     torch.manual_seed(seed)
@@ -135,8 +135,8 @@ def test_loras_equal_the_pipeline_after_load_lora_weights(job, pipe, reference, 
 
 
 def test_loraedit_conditions_on_the_edited_frame_and_the_kept_source(job, tmp_path, monkeypatch):
-    from models import make_adapter
-    from models.wan import WanAdapter
+    from models.registry import make_adapter
+    from models.wan.adapter import WanAdapter
 
     seen: dict[str, list[torch.Tensor]] = {"video": [], "input": []}
     encode, predict = WanAdapter.encode_video, WanAdapter.predict
@@ -307,7 +307,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(bad_inputs, case, expec
 
 
 def test_lora_arguments_and_newest_run_lora(tmp_path):
-    from engine.generate import parse_lora_arg, resolve_loras
+    from engine.infer.generate import parse_lora_arg, resolve_loras
 
     assert parse_lora_arg("a.safetensors:0.5").weight == 0.5
     assert parse_lora_arg("C:/x/a.safetensors").path.name == "a.safetensors"  # a drive letter is not a weight

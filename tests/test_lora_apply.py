@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 
 from models.base import Conditioning
 from models.lora import add_lora, load_lora_weights_into, lora_state_dict, save_trained_lora
-from models.lora_formats import LoraBaseModelError, LoraFormatError
-from models.wan import WanAdapter
+from models.wan.adapter import WanAdapter
+from models.wan.lora_formats import LoraBaseModelError, LoraFormatError
 
 # Original-Wan names written out by hand from Wan's model.py (as tests/test_lora_formats.py does).
 ORIGINAL = {"attn1.to_q": "self_attn.q", "attn1.to_k": "self_attn.k", "attn1.to_v": "self_attn.v",

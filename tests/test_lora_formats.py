@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from config.errors import UserError
-from models import lora_formats as lf
+from models.wan import lora_formats as lf
 
 BLOCK_TARGETS = ["attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
                  "attn2.to_out.0", "ffn.net.0.proj", "ffn.net.2"]

@@ -11,12 +11,13 @@ import pytest
 import torch
 from PIL import Image
 
-from datasets import media
-from datasets.media import MediaError
+import media
 from masks import morphology
 from masks.io import binarize, read_mask, to_keep_mask
-from masks.packing import pack_hunyuan, pack_wan
 from masks.presets import PRESETS, preset_keep_mask
+from media import MediaError
+from models.hunyuan_video.packing import pack_hunyuan
+from models.wan.packing import pack_wan
 
 SW, SH = 128, 64  # source size; the square moves 4 px per source frame
 

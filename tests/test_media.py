@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import media
 from config.errors import UserError
-from datasets import media
-from datasets.media import MediaError
+from media import MediaError
+from models.registry import default_size
 
 W, H = 64, 48
 
@@ -267,8 +268,8 @@ def test_fit_size_downscale_filters_instead_of_skipping_pixels():
 def test_fit_size_rejects_sizes_not_multiple_of_16_and_default_size():
     with pytest.raises(ValueError, match="multiples of 16"):
         media.fit_size(np.zeros((1, 48, 64, 3), np.uint8), 100, 64)
-    assert media.default_size(1920, 1080) == (832, 480)
-    assert media.default_size(1080, 1920) == (480, 832)
+    assert default_size(1920, 1080) == (832, 480)
+    assert default_size(1080, 1920) == (480, 832)
     out, p = media.fit_size(np.zeros((2, 720, 1280, 3), np.uint8), 832, 480)
     assert out.shape == (2, 480, 832, 3) and p.resized == (853, 480) and p.offset == (10, 0)
 

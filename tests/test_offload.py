@@ -10,10 +10,10 @@ import torch
 from diffusers import WanTransformer3DModel
 from peft import LoraConfig
 
-from engine.offload import enable_block_swap
 from models.base import checkpoint_layers
-from models.wan import WanBlockLayer, WanEmbedLayer, WanHeadLayer
-from tools.make_tiny_model import TINY_TRANSFORMER
+from models.offload import enable_block_swap
+from models.wan.adapter import WanBlockLayer, WanEmbedLayer, WanHeadLayer
+from models.wan.tiny import TINY_TRANSFORMER
 
 BLOCKS, OFFLOADED = 6, 4
 TARGETS = ["attn1.to_q", "attn1.to_v", "attn2.to_k", "ffn.net.0.proj"]

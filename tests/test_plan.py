@@ -25,7 +25,7 @@ TOLERANCE = 0.15
 
 @pytest.fixture(scope="module")
 def plan_model(tmp_path_factory) -> Path:
-    from tools.make_tiny_model import build_tiny_wan
+    from models.wan.tiny import build_tiny_wan
 
     return build_tiny_wan(tmp_path_factory.mktemp("plan-model") / "tiny", "diffusers", seed=0, sizes=SIZES)
 
@@ -41,10 +41,10 @@ def tiny_config(model: Path) -> Config:
 def test_planned_training_step_matches_real_trainer(plan_model, checkpointing, storage):
     """The Trainer (DeepSpeed engine, LoRA, checkpointing, float8 storage) on this CPU, measured by the
     allocator's own events and torch's FLOP counter, against the plan traced on the meta device."""
-    from engine.plan_measure import measure_training_steps
-    from engine.plan_model import resolve_model
-    from engine.plan_report import device_memory
-    from engine.plan_steps import trace_training_step
+    from engine.plan.measure import measure_training_steps
+    from engine.plan.model import resolve_model
+    from engine.plan.report import device_memory
+    from engine.plan.steps import trace_training_step
 
     cfg = tiny_config(plan_model)
     cfg.model.transformer_dtype = storage
@@ -73,8 +73,8 @@ def test_checkpointing_releases_recomputed_activations(plan_model):
     """Per extra block, a checkpointed step keeps only the block's input (one hidden state); without
     checkpointing every activation of the block stays. A trace that pinned the recomputed activations
     (the known trap) would show the no-checkpoint growth with checkpointing on."""
-    from engine.plan_model import resolve_model
-    from engine.plan_steps import trace_training_step
+    from engine.plan.model import resolve_model
+    from engine.plan.steps import trace_training_step
 
     cfg = tiny_config(plan_model)
     spec = resolve_model(cfg)
@@ -93,8 +93,8 @@ def test_checkpointing_releases_recomputed_activations(plan_model):
 
 
 def test_composed_step_equals_full_trace(plan_model):
-    from engine.plan_model import resolve_model
-    from engine.plan_steps import composed_step, trace_training_step
+    from engine.plan.model import resolve_model
+    from engine.plan.steps import composed_step, trace_training_step
 
     cfg = tiny_config(plan_model)
     spec = resolve_model(cfg).with_blocks(6)
@@ -109,12 +109,12 @@ def test_composed_step_equals_full_trace(plan_model):
 
 
 def test_planned_sampling_pass_matches_real_predict(plan_model):
-    from engine.plan_measure import allocator_peak, cpu_flop_counter
-    from engine.plan_model import resolve_model
-    from engine.plan_steps import trace_sampling_step
-    from models import make_adapter
+    from engine.plan.measure import allocator_peak, cpu_flop_counter
+    from engine.plan.model import resolve_model
+    from engine.plan.steps import trace_sampling_step
     from models.base import Conditioning
     from models.lora import add_lora
+    from models.registry import make_adapter
 
     cfg = tiny_config(plan_model)
     spec = resolve_model(cfg)
@@ -176,7 +176,7 @@ def test_plan_errors_are_one_line(tmp_path):
 
 
 def test_parsers():
-    from engine.plan_gpus import parse_gpu, parse_memory
+    from engine.plan.gpus import parse_gpu, parse_memory
 
     assert parse_memory("24GB") == parse_memory("24 GiB") == parse_memory("24") == 24 * 2**30
     assert parse_memory("512MB") == 512 * 2**20

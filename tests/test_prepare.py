@@ -18,12 +18,12 @@ import pytest
 import tomllib
 from PIL import Image
 
-from config import load_config
+import media
 from config.errors import UserError
-from datasets import media
+from config.loader import load_config
 from datasets.job import load_job, training_samples
-from datasets.job_folder import JobFolderError
-from datasets.prepare_job import PrepareRequest, prepare_job, source_to_job, summary
+from datasets.prepare.folder import JobFolderError
+from datasets.prepare.job import PrepareRequest, prepare_job, source_to_job, summary
 from masks.auto import AutoMaskSettings, NoDifferenceError, auto_mask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -414,7 +414,7 @@ def tiny_sam2(folder: Path) -> Path:
 
 
 def test_captions_from_a_file_and_from_a_florence2_model(clip, auto_job, tmp_path):
-    from datasets.captions import CaptionError, caption_images
+    from datasets.prepare.captions import CaptionError, caption_images
 
     out, _ = auto_job
     job = tmp_path / "job"

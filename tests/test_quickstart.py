@@ -9,7 +9,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from datasets import media
+import media
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from synthetic import moving_square
 
-from config import load_config
-from datasets import media
+import media
+from config.loader import load_config
 from datasets.job import inference_sample_for, load_job, training_samples
 from datasets.samples import (
     inference_sample,

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from config import load_config
+from config.loader import load_config
 from datasets.samples import to_tensor
 from examples.toy import world
 from examples.toy.toy_model import folder_size
-from models import make_adapter
+from models.registry import make_adapter
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = REPO / "examples" / "toy" / "model"

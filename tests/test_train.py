@@ -19,8 +19,8 @@ from safetensors.torch import load_file
 from synthetic import moving_square
 from train_runs import DEEPSPEED, REPO, run_folder, run_train
 
-from config import load_config
-from datasets import media
+import media
+from config.loader import load_config
 
 
 def render(t: int, w: int = 64, h: int = 48) -> tuple[np.ndarray, np.ndarray]:
@@ -190,15 +190,15 @@ def test_preflight_failures_are_one_line(job, tmp_path, overrides, message):
 
 def test_in_process_only_lora_changes_and_fixed_batch_loss_drops(job, tmp_path):
     from datasets.job import load_job
-    from engine import distributed as dist_utils
-    from engine.batches import BatchStream, TimeSampling
-    from engine.flow import flow_loss
-    from engine.run_dir import RunDir
-    from engine.train_job import encode_job, plan_stages
-    from engine.trainer import Trainer
-    from models import make_adapter
+    from engine.train import distributed as dist_utils
+    from engine.train.batches import BatchStream, TimeSampling
+    from engine.train.flow import flow_loss
+    from engine.train.job import encode_job, plan_stages
+    from engine.train.run_dir import RunDir
+    from engine.train.trainer import Trainer
     from models.base import Conditioning
     from models.lora import add_lora
+    from models.registry import make_adapter
 
     cfg = load_config(job / "edit.toml", [f"output_dir='{tmp_path}'", "training.steps=8", "optimizer.lr=2e-3"])
     dist = dist_utils.setup()

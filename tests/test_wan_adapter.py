@@ -13,14 +13,15 @@ from PIL import Image
 
 from config.errors import UserError
 from config.schema import ModelConfig
-from datasets.cache import EncodeCache
 from datasets.samples import video_sample
-from engine.encode import encode_samples
-from models import dtype_from_name, make_adapter
+from engine.encode.cache import EncodeCache
+from engine.encode.samples import encode_samples
 from models.base import Conditioning, checkpoint_layers
+from models.dtypes import dtype_from_name
 from models.lora import add_lora
-from models.wan import WanAdapter, base_model_name
-from models.wan_loading import WeightsError
+from models.registry import make_adapter
+from models.wan.adapter import WanAdapter, base_model_name
+from models.wan.loading import WeightsError
 
 T, H, W = 5, 32, 32  # 4k+1 frames; latent 2 x 4 x 4
 
@@ -285,10 +286,10 @@ def test_loading_every_component_is_quiet(tiny_wan_diffusers, tiny_wan_original,
 
 
 def test_pipeline_blocks_skip_constant_gradients_but_train_the_same(tiny_wan_diffusers):
-    """Pipeline runs (engine.trainer.pipeline_layers): the per-step constants crossing a stage boundary require
+    """Pipeline runs (engine.train.trainer.pipeline_layers): the per-step constants crossing a stage boundary require
     grad, but blocks compute no gradient for them (only a zero one, which DeepSpeed needs to send back); the
     prediction and the LoRA gradients stay exactly those of the plain layer list."""
-    from engine.trainer import GradBoundary, pipeline_layers
+    from engine.train.trainer import GradBoundary, pipeline_layers
 
     a = WanAdapter(tiny_wan_diffusers, dtype=torch.float32)
     params = add_lora(a.load_transformer(), a.lora_target_modules(), 4, 4.0)

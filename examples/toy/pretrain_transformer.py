@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from datasets.samples import video_sample
-from engine.flow import NUM_TRAIN_TIMESTEPS, flow_loss, noisy_latents, sample_time
+from engine.train.flow import NUM_TRAIN_TIMESTEPS, flow_loss, noisy_latents, sample_time
 from examples.toy.toy_model import (
     MODEL_DIR,
     WORK,
@@ -37,7 +37,7 @@ from examples.toy.toy_model import (
     write_model_folder,
 )
 from models.base import Conditioning
-from models.wan import TEXT_LEN, WanAdapter
+from models.wan.adapter import TEXT_LEN, WanAdapter
 
 STAGE_DIR = WORK / "stage_model"
 EMA_DECAY = 0.998

@@ -134,7 +134,7 @@ def write_model_folder(out: Path, vae: AutoencoderKLWan, transformer: WanTransfo
     """Write a complete diffusers-layout Wan2.1-I2V folder: this VAE, this transformer (a fresh one from
     TRANSFORMER_SIZES when None) and the tiny random text encoder, CLIP and tokenizer of tools.make_tiny_model.
     Atomic: written beside `out`, then renamed over it."""
-    from tools import make_tiny_model as tiny
+    from models.wan import tiny
 
     sizes = tiny.resolve_sizes({"transformer": TRANSFORMER_SIZES, "clip": CLIP_SIZES})
     if transformer is None:
