@@ -66,7 +66,7 @@ def build(s: Session) -> gr.Blocks:
                                      value=str(s.default_model) if s.default_model else None,
                                      info="the toy model runs on a CPU; real models go in WORKSPACE/models")
         C["job_status"] = gr.Markdown(elem_id="job-status")
-        with gr.Tabs(elem_id="steps") as C["tabs"]:
+        with gr.Tabs(elem_id="step-tabs") as C["tabs"]:
             with gr.Tab("1. Clip", id="clip", elem_id="tab-clip"):
                 with gr.Row():
                     C["clip_upload"] = gr.File(label="Upload a clip", file_types=["video"], elem_id="clip-upload")
@@ -82,28 +82,36 @@ def build(s: Session) -> gr.Blocks:
                 C["clip_msg"] = gr.Markdown(elem_id="clip-msg", elem_classes="step-msg")
                 with gr.Row():
                     C["clip_video"] = gr.Video(label="The job's window", interactive=False, elem_id="clip-video",
-                                               loop=True, autoplay=True)
-                    C["clip_sheet"] = gr.Image(label="Its frames", interactive=False, elem_id="clip-sheet")
+                                               loop=True, autoplay=True, height=280)
+                    C["clip_sheet"] = gr.Image(label="Its frames", interactive=False, elem_id="clip-sheet", height=280)
             with gr.Tab("2. Where it may change", id="mask", elem_id="tab-mask"):
                 C["mask_mode"] = gr.Radio(
                     [("Paint on the first frame (the same region in every frame)", "paint"),
                      ("Derive it from the edited frame (tracked)", "auto"),
                      ("Click points for SAM2 (tracked)", "sam2"), ("Upload a mask image or video", "upload")],
                     value="paint", label="How", elem_id="mask-mode")
-                C["mask_editor"] = gr.ImageEditor(
-                    label="Paint where the video may change (cover the object's whole path in the window)",
-                    elem_id="mask-editor", sources=(), transforms=(), layers=False, type="numpy",
-                    brush=_brush(12), eraser=gr.Eraser(default_size=12))
-                with gr.Row():
-                    C["sam2_dir"] = gr.Textbox(label="SAM2 weights folder (transformers format)", elem_id="sam2-dir")
-                    C["sam2_label"] = gr.Radio([("object", 1), ("not the object", 0)], value=1,
-                                               label="A click marks", elem_id="sam2-label")
-                    C["sam2_clear"] = gr.Button("Clear the points", elem_id="sam2-clear")
-                C["sam2_image"] = gr.Image(label="Click on the first frame (SAM2)", interactive=False,
-                                           elem_id="sam2-image")
-                C["sam2_text"] = gr.Markdown(elem_id="sam2-text")
-                C["mask_upload"] = gr.File(label="Mask image or video (white = may change)", elem_id="mask-upload",
-                                           file_types=["image", "video"])
+                with gr.Group(visible=True) as C["paint_group"]:
+                    C["mask_editor"] = gr.ImageEditor(
+                        label="Paint where the video may change (cover the object's whole path in the window)",
+                        elem_id="mask-editor", sources=(), transforms=(), layers=False, type="numpy",
+                        brush=_brush(12), eraser=gr.Eraser(default_size=12))
+                with gr.Group(visible=False) as C["sam2_group"]:
+                    with gr.Row():
+                        C["sam2_dir"] = gr.Textbox(label="SAM2 weights folder (transformers format)",
+                                                   elem_id="sam2-dir")
+                        C["sam2_label"] = gr.Radio([("object", 1), ("not the object", 0)], value=1,
+                                                   label="A click marks", elem_id="sam2-label")
+                        C["sam2_clear"] = gr.Button("Clear the points", elem_id="sam2-clear")
+                    C["sam2_image"] = gr.Image(label="Click on the first frame (SAM2)", interactive=False,
+                                               elem_id="sam2-image")
+                    C["sam2_text"] = gr.Markdown(elem_id="sam2-text")
+                with gr.Group(visible=False) as C["upload_group"]:
+                    C["mask_upload"] = gr.File(label="Mask image or video (white = may change)",
+                                               elem_id="mask-upload", file_types=["image", "video"])
+                C["auto_text"] = gr.Markdown(
+                    "The region where your edited frame differs from the source's first frame, followed through "
+                    "the clip by optical flow: good for recolouring or retexturing an object that moves; check "
+                    "the last frames after making the job.", visible=False, elem_id="auto-text")
                 with gr.Row():
                     C["dilate"] = gr.Slider(-16, 32, value=0, step=1, label="Grow (+) or shrink (-) the mask, pixels",
                                             elem_id="dilate")
@@ -114,8 +122,9 @@ def build(s: Session) -> gr.Blocks:
                 C["mask_msg"] = gr.Markdown(elem_id="mask-msg", elem_classes="step-msg")
                 with gr.Row():
                     C["mask_video"] = gr.Video(label="The mask over the whole clip", interactive=False,
-                                               elem_id="mask-video", loop=True, autoplay=True)
-                    C["mask_sheet"] = gr.Image(label="Its frames", interactive=False, elem_id="mask-sheet")
+                                               elem_id="mask-video", loop=True, autoplay=True, height=280)
+                    C["mask_sheet"] = gr.Image(label="Its frames", interactive=False, elem_id="mask-sheet",
+                                               height=280)
             with gr.Tab("3. The edit", id="edit", elem_id="tab-edit"):
                 with gr.Row():
                     C["edited_upload"] = gr.File(label="Your edited first frame (the clip's size)", file_types=["image"],
@@ -124,7 +133,7 @@ def build(s: Session) -> gr.Blocks:
                         label="Optional: edited later frames, named by the source frame (120.png) or time (t=2.5s.png)",
                         file_count="multiple", file_types=["image"], elem_id="reference-upload")
                 C["edit_compare"] = gr.Image(label="Source | your edit | where they differ", interactive=False,
-                                             elem_id="edit-compare")
+                                             elem_id="edit-compare", height=300)
                 with gr.Row():
                     C["caption"] = gr.Textbox(label="What the clip shows", elem_id="caption",
                                               placeholder="a woman in a red jacket walks along a street")
@@ -134,9 +143,10 @@ def build(s: Session) -> gr.Blocks:
                                                     elem_id="caption-model")
                 C["make_job"] = gr.Button("Make the job", variant="primary", elem_id="make-job")
                 C["edit_msg"] = gr.Markdown(elem_id="edit-msg", elem_classes="step-msg")
-                C["prepare_log"] = gr.Textbox(label="prepare.py", lines=6, interactive=False, elem_id="prepare-log")
+                C["prepare_log"] = gr.Textbox(label="prepare.py", lines=6, max_lines=12, interactive=False,
+                                              elem_id="prepare-log")
                 C["job_preview"] = gr.Image(label="What the model is given to generate from (prepare's preview)",
-                                            interactive=False, elem_id="job-preview")
+                                            interactive=False, elem_id="job-preview", height=320)
             with gr.Tab("4. Train", id="train", elem_id="tab-train"):
                 C["train_model"] = gr.Markdown(elem_id="train-model")
                 with gr.Row():
@@ -216,8 +226,8 @@ def build(s: Session) -> gr.Blocks:
         wire(C["save_mask"].click, lambda *a: steps.save_mask(s, *a),
              ["job", "mask_mode", "mask_editor", "mask_upload", "sam2_dir", "sam2_points", "dilate", "bbox"],
              ["mask_msg", "mask_video", "mask_sheet", "clip_video"], "mask_msg")
-        wire(C["mask_mode"].change, lambda job, mode: _sam2_image(s, job, mode, []), ["job", "mask_mode"],
-             ["sam2_image", "sam2_text"], "mask_msg")
+        wire(C["mask_mode"].change, lambda job, mode: _mask_mode(s, job, mode), ["job", "mask_mode"],
+             ["sam2_image", "sam2_text", "paint_group", "sam2_group", "upload_group", "auto_text"], "mask_msg")
 
         def on_click(job: str, points: list, label: int, evt: gr.SelectData) -> dict:
             pts = steps.sam2_click(points, *evt.index[:2], label)
@@ -290,6 +300,12 @@ def _set_model(s: Session, job: str | None, model: str | None) -> dict:
         raise PageError(f"job {job} is made for {info.model}; make a new job to train another model")
     s.ws.save_settings(job, model=str(s.ws.confine_model(model)))
     return {}
+
+
+def _mask_mode(s: Session, job: str | None, mode: str) -> dict:
+    shown = {"paint_group": mode == "paint", "sam2_group": mode == "sam2", "upload_group": mode == "upload",
+             "auto_text": mode == "auto"}
+    return {**_sam2_image(s, job, mode, []), **{k: {"__update__": True, "visible": v} for k, v in shown.items()}}
 
 
 def _sam2_image(s: Session, job: str | None, mode: str, points: list) -> dict:

@@ -218,8 +218,10 @@ def compare_picture(s: Session, job: str) -> Path:
     diff = cv2.morphologyEx(diff, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8)).astype(bool)  # not codec noise at edges
     diff_img = np.where(diff[..., None], np.array([255, 0, 255], np.uint8), (src // 3).astype(np.uint8))
     gap = np.full((src.shape[0], 4, 3), 255, np.uint8)
+    picture = np.concatenate([src, gap, ed, gap, diff_img], axis=1)
+    scale = max(1, 256 // src.shape[1])  # tiny clips enlarged, pixels kept sharp
     path = s.ws.view_dir(job) / "compare.png"
-    media.write_png(np.concatenate([src, gap, ed, gap, diff_img], axis=1), path)
+    media.write_png(picture.repeat(scale, 0).repeat(scale, 1), path)
     return path
 
 
