@@ -5,8 +5,6 @@ background tasks (outcome, error line, stop), and stop + resume of a real traini
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from webui_support import prepare_toy_job, snapshot
 
 from webui import media, steps, train_steps
 from webui.backend import TOY_MODEL, JobInputs, parse_plan, prepare_command
@@ -23,12 +22,7 @@ from webui.tasks import Tasks
 from webui.workspace import PageError, Workspace, check_name
 
 REPO = Path(__file__).resolve().parents[1]
-TOY = REPO / "examples" / "toy" / "example"
 CLIP = REPO / "examples" / "clip.mp4"  # 416x240, 24 fps, 3.5 s
-
-
-def snapshot(root: Path) -> dict[str, tuple[int, int]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture
@@ -302,12 +296,8 @@ def test_training_stops_and_resumes_through_the_page(tmp_path: Path, session: Se
     """A real train.py on the toy model: stopped mid-run (checkpoint), resumed to the end, as one run."""
     ws = session.ws
     job = session.new_job("disc")
-    subprocess.run([sys.executable, str(REPO / "prepare.py"), "--video", str(TOY / "source"), "--source-fps", "16",
-                    "--mask", str(TOY / "masks"), "--edited-frame", str(TOY / "edited_first.png"), "--caption", "a disc",
-                    "--model", str(TOY_MODEL), "--frames", "9", "--size", "32x32", "--out", str(ws.job_dir(job)),
-                    "--no-preview", "--quiet", "--set", "model.dtype='float32'", "--set", "adapter.rank=4",
-                    "--set", "training.activation_checkpointing=false", "--set", "training.save_every_n_steps=0"],
-                   check=True, cwd=REPO, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    prepare_toy_job(ws.job_dir(job), "adapter.rank=4", "training.activation_checkpointing=false",
+                    "training.save_every_n_steps=0")
     total = 40
     train_steps.start_training(session, job, 24, "job", total, 0, "python")
     deadline = time.time() + 300

@@ -11,17 +11,25 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
-from webui_browser import CHROMIUM, CHROMIUM_ARGS, REPO, Server, browser_missing, paint, snapshot, stop_tasks
+from webui_support import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    TOY,
+    Server,
+    browser_missing,
+    paint,
+    prepare_toy_job,
+    snapshot,
+    stop_tasks,
+)
 
-TOY = REPO / "examples" / "toy" / "example"
 SHOTS = Path(os.environ.get("WEBUI_SCREENSHOTS", REPO / "runs" / "webui-screenshots"))
 # Few steps: the flow is what is tested here (the README's screenshots are made with more).
 TRAIN_STEPS = int(os.environ.get("WEBUI_TEST_TRAIN_STEPS", "4"))
@@ -74,6 +82,7 @@ def _tab(page, label: str) -> None:
 
 def _shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+    print(f"{time.strftime('%H:%M:%S')} screenshot {name}", flush=True)
 
 
 def _fill(page, elem: str, value: object) -> None:
@@ -224,11 +233,7 @@ def test_a_job_made_by_prepare_opens_in_the_page(site):
     from playwright.sync_api import expect
 
     ws = site["server"].workspace
-    subprocess.run([sys.executable, str(REPO / "prepare.py"), "--video", str(TOY / "source"), "--source-fps", "16",
-                    "--mask", str(TOY / "masks"), "--edited-frame", str(TOY / "edited_first.png"),
-                    "--caption", "a red disc", "--model", str(REPO / "examples" / "toy" / "model"), "--frames", "9",
-                    "--size", "32x32", "--out", str(ws / "jobs" / "from-cli"), "--no-preview", "--quiet",
-                    "--set", "model.dtype='float32'"], check=True, cwd=REPO, capture_output=True)
+    prepare_toy_job(ws / "jobs" / "from-cli")
     page = _page(site)
     page.locator("#job-pick").click()
     page.get_by_role("option", name="from-cli").click()

@@ -113,7 +113,8 @@ def plan(edit_toml: Path, gpu_gb: float, overrides: list[str] = ()) -> Plan:
     try:
         done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=PLAN_TIMEOUT)
     except subprocess.TimeoutExpired:
-        raise PageError(f"the plan took longer than {PLAN_TIMEOUT} s; run it in a terminal: {shlex.join(argv)}") from None
+        raise PageError(f"the plan took longer than {PLAN_TIMEOUT} s; run it in a terminal: "
+                        f"{shlex.join(argv)}") from None
     if done.returncode != 0:
         lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
         raise PageError(f"train.py --plan failed: {lines[-1] if lines else 'exit code ' + str(done.returncode)}")

@@ -93,7 +93,7 @@ def build(s: Session) -> gr.Blocks:
                 with gr.Group(visible=True) as C["paint_group"]:
                     C["mask_editor"] = gr.ImageEditor(
                         label="Paint where the video may change (cover the object's whole path in the window)",
-                        elem_id="mask-editor", sources=(), transforms=(), layers=False, type="numpy",
+                        elem_id="mask-editor", sources=(), transforms=(), layers=False, type="numpy", format="png",
                         brush=_brush(12), eraser=gr.Eraser(default_size=12))
                 with gr.Group(visible=False) as C["sam2_group"]:
                     with gr.Row():
@@ -127,8 +127,8 @@ def build(s: Session) -> gr.Blocks:
                                                height=280)
             with gr.Tab("3. The edit", id="edit", elem_id="tab-edit"):
                 with gr.Row():
-                    C["edited_upload"] = gr.File(label="Your edited first frame (the clip's size)", file_types=["image"],
-                                                 elem_id="edited-upload")
+                    C["edited_upload"] = gr.File(label="Your edited first frame (the clip's size)",
+                                                 file_types=["image"], elem_id="edited-upload")
                     C["reference_upload"] = gr.File(
                         label="Optional: edited later frames, named by the source frame (120.png) or time (t=2.5s.png)",
                         file_count="multiple", file_types=["image"], elem_id="reference-upload")
@@ -169,10 +169,12 @@ def build(s: Session) -> gr.Blocks:
                 C["train_msg"] = gr.Markdown(elem_id="train-msg", elem_classes="step-msg")
                 C["run_pick"] = gr.Dropdown(label="Run", choices=[], value=None, elem_id="run-pick")
                 C["train_progress"] = gr.HTML(elem_id="train-progress")
-                C["loss"] = gr.LinePlot(x="step", y="loss", color="stage", title="Training loss", elem_id="loss-plot")
+                C["loss"] = gr.LinePlot(x="step", y="loss", title="Training loss (stage 1, then stage 2)",
+                                        elem_id="loss-plot")
                 with gr.Row():
                     C["previews"] = gr.Gallery(label="Training previews", columns=4, elem_id="previews")
-                    C["preview_video"] = gr.Video(label="Latest preview", interactive=False, elem_id="preview-video")
+                    C["preview_video"] = gr.Video(label="Latest preview", interactive=False, elem_id="preview-video",
+                                                  height=300)
                 C["train_log"] = gr.Textbox(label="train.py output (last lines)", lines=8, interactive=False,
                                             elem_id="train-log")
             with gr.Tab("5. Result", id="result", elem_id="tab-result"):
@@ -188,9 +190,9 @@ def build(s: Session) -> gr.Blocks:
                 C["result_msg"] = gr.Markdown(elem_id="result-msg", elem_classes="step-msg")
                 with gr.Row():
                     C["result_video"] = gr.Video(label="The edited video", interactive=False, elem_id="result-video",
-                                                 loop=True, autoplay=True)
+                                                 loop=True, autoplay=True, height=300)
                     C["sbs_video"] = gr.Video(label="Source | result | mask", interactive=False, elem_id="sbs-video",
-                                              loop=True, autoplay=True)
+                                              loop=True, autoplay=True, height=300)
                 C["metrics_table"] = gr.Dataframe(headers=["metric", "better", "source", "result"], interactive=False,
                                                   elem_id="metrics-table", label="Metrics (means over frames 1..T-1)")
                 C["metrics_plot"] = gr.Image(label="Per frame", interactive=False, elem_id="metrics-plot")

@@ -7,6 +7,7 @@ from the files they write (webui.jobfiles), so it is the same after a reload or 
 from __future__ import annotations
 
 import html
+import json
 import time
 from pathlib import Path
 
@@ -134,6 +135,8 @@ def training_view(s: Session, job: str, chosen: str | None) -> dict:
         text = "Starting: loading the model and encoding the clip." if task and task.active else "No training yet."
         return {"train_progress": progress_html(0, 0, f"{state}{text}"), "loss": None, "previews": [],
                 "train_log": task.tail() if task else ""}
+    if run.finished:
+        state = task_state(task, finished=True)
     metrics, total = run.metrics, run.total_steps
     step = metrics[-1]["step"] if metrics else 0
     text = f"{state}run {run.path.name}: step {step} of {total}"
@@ -141,7 +144,8 @@ def training_view(s: Session, job: str, chosen: str | None) -> dict:
         text += f", loss {metrics[-1]['loss']:.4f}"
         recent = [m["seconds"] for m in metrics[-10:] if isinstance(m.get("seconds"), (int, float))]
         if recent and task and task.active and step < total:
-            text += f", {sum(recent) / len(recent):.2f} s/step, about {(total - step) * sum(recent) / len(recent):.0f} s left"
+            per_step = sum(recent) / len(recent)
+            text += f", {per_step:.2f} s/step, about {(total - step) * per_step:.0f} s left"
     if run.summary:
         text += f" - {run.state()}"
     previews = run.previews()
@@ -159,8 +163,9 @@ def preview_caption(p: dict) -> str:
     return text
 
 
-def task_state(task) -> str:
-    if task is None:
+def task_state(task, finished: bool = False) -> str:
+    """The task's state as the start of a status line ("" when there is none, or its work is finished)."""
+    if task is None or (finished and task.state in ("running", "done")):
         return ""
     return {"starting": "Starting. ", "running": "Running. ", "done": "", "failed": f"Failed: {task.last_error()}. ",
             "stopped": "Stopped. ", "lost": "The process ended without reporting (killed?). "}[task.state]
@@ -175,7 +180,7 @@ def progress_html(step: int, total: int, text: str) -> str:
 def run_choices(info: JobInfo | None) -> list[tuple[str, str]]:
     if info is None:
         return []
-    return [(f"{r.path.name} ({r.state()})", str(r.path)) for r in reversed(info.runs())]
+    return [("the newest run", "")] + [(f"{r.path.name} ({r.state()})", str(r.path)) for r in reversed(info.runs())]
 
 
 # ------------------------------------------------------------------------------------------ 5. result
@@ -209,13 +214,15 @@ def result_view(s: Session, job: str, chosen: str | None) -> dict:
     results = info.results() if info else []
     folder = next((r for r in results if str(r) == chosen), None) or (results[-1] if results else None)
     state = task_state(task)
+    files = result_files(folder) if folder else {}
     if task and task.active:
-        msg = f"{state}{task.tail(3)}"
+        commands = [ln for ln in task.tail(200).splitlines() if ln.startswith("$ ")]
+        doing = "evaluating (evaluate.py)" if commands and "evaluate.py" in commands[-1] else "generating (infer.py)"
+        msg = f"{state}{doing} into {Path(task.info.get('out', '')).name} ..."
     elif folder is None:
         msg = f"{state}No result yet."
     else:
-        msg = f"{state}Result {folder.relative_to(s.ws.root)}"
-    files = result_files(folder) if folder else {}
+        msg = f"{state}Result `{folder.relative_to(s.ws.root)}`" + _settings_text(files.get("settings"))
     downloads = [str(files[k]) for k in ("video", "side_by_side", "metrics") if k in files]
     if folder is not None:
         lora = _result_lora(files.get("settings"))
@@ -227,9 +234,17 @@ def result_view(s: Session, job: str, chosen: str | None) -> dict:
             "metrics_plot": str(files["plot"]) if "plot" in files else None, "downloads": downloads}
 
 
-def _result_lora(settings: Path | None) -> Path | None:
-    import json
+def _settings_text(settings: Path | None) -> str:
+    try:
+        r = json.loads(settings.read_text(encoding="utf-8"))
+    except (OSError, ValueError, AttributeError):
+        return ""
+    loras = ", ".join(Path(x["path"]).parent.name + "/" + Path(x["path"]).name for x in r.get("loras") or []
+                      if isinstance(x, dict) and x.get("path")) or "no LoRA"
+    return f": seed {r.get('seed')}, {r.get('steps')} steps, guidance {r.get('guidance')}, {loras}"
 
+
+def _result_lora(settings: Path | None) -> Path | None:
     try:
         loras = json.loads(settings.read_text(encoding="utf-8")).get("loras") or []
     except (OSError, ValueError, AttributeError):
@@ -238,4 +253,5 @@ def _result_lora(settings: Path | None) -> Path | None:
 
 
 def result_choices(s: Session, info: JobInfo | None) -> list[tuple[str, str]]:
-    return [(str(r.relative_to(s.ws.root)), str(r)) for r in reversed(info.results() if info else [])]
+    return [("the newest result", "")] + [(str(r.relative_to(s.ws.root)), str(r))
+                                          for r in reversed(info.results() if info else [])]

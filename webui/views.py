@@ -51,10 +51,10 @@ def _train_defaults(info: JobInfo | None, settings: dict) -> dict:
     return {"steps": tr.get("steps") if tr.get("steps") is not None else t.get("steps", 100),
             "ref_steps": tr.get("reference_steps") if tr.get("reference_steps") is not None
             else t.get("reference_steps", 100),
-            "infer_steps": gen.get("steps", i.get("steps", 50)), "guidance": gen.get("guidance", i.get("guidance", 5.0)),
-            "seed": gen.get("seed", info.cfg.get("seed", 42)),
-            "train_model": f"Model: `{info.model}` ({info.section('model').get('type', 'wan')}); stage 2 "
-                           f"{'runs on the edited later frames' if info.has_reference else 'is skipped (no edited later frames)'}."}
+            "infer_steps": gen.get("steps", i.get("steps", 50)),
+            "guidance": gen.get("guidance", i.get("guidance", 5.0)), "seed": gen.get("seed", info.cfg.get("seed", 42)),
+            "train_model": f"Model: `{info.model}` ({info.section('model').get('type', 'wan')}); stage 2 " + (
+                "runs on the edited later frames." if info.has_reference else "is skipped (no edited later frames).")}
 
 
 def _cli_job_compare(s: Session, job: str, info: JobInfo) -> str | None:
@@ -85,8 +85,9 @@ def open_job(s: Session, job: str | None) -> dict:
                                                            else [(model, model)]), value=model)
     clip = st.get("clip")
     if clip:
-        out.update(start=clip["start"], frames=clip["frames"], fps=clip["fps"], size=f"{clip['size'][0]}x{clip['size'][1]}",
-                   resize_mode=clip["resize_mode"], clip_msg=f"Clip {clip['name']}.", mask_editor=steps.editor_value(s, job))
+        out.update(start=clip["start"], frames=clip["frames"], fps=clip["fps"],
+                   size=f"{clip['size'][0]}x{clip['size'][1]}", resize_mode=clip["resize_mode"],
+                   clip_msg=f"Clip {clip['name']}.", mask_editor=steps.editor_value(s, job))
     elif info is not None:
         out.update(start=info.data("start", 0.0), frames=info.data("frames"), fps=info.data("fps"),
                    size=f"{info.data('width')}x{info.data('height')}", resize_mode=info.data("resize_mode", "crop"),
@@ -94,7 +95,8 @@ def open_job(s: Session, job: str | None) -> dict:
     else:
         out.update(clip_msg="Upload a clip or pick one.", mask_editor=None, clip_video=None, clip_sheet=None)
     mask = st.get("mask") or {}
-    out.update(mask_mode=mask.get("mode", "paint"), dilate=mask.get("dilate", info.data("mask_dilate", 0) if info else 0),
+    out.update(mask_mode=mask.get("mode", "paint"),
+               dilate=mask.get("dilate", info.data("mask_dilate", 0) if info else 0),
                bbox=mask.get("bbox", info.data("mask_bbox", False) if info else False),
                sam2_dir=mask.get("sam2", ""), mask_video=None, mask_sheet=None, mask_msg="")
     try:
@@ -118,9 +120,9 @@ def open_job(s: Session, job: str | None) -> dict:
     out.update(plan_verdict=train_steps.verdict_markdown(plan.get("verdict", ""), plan.get("fits", False),
                                                          plan.get("advice", []), plan.get("gpu_gb", 0)),
                plan_text=plan.get("text", ""), train_msg="", result_msg="")
-    out.update(run_pick=update(choices=train_steps.run_choices(info), value=None),
+    out.update(run_pick=update(choices=train_steps.run_choices(info), value=""),
                lora_pick=update(choices=train_steps.lora_choices(info), value=_default_lora(info)),
-               result_pick=update(choices=train_steps.result_choices(s, info), value=None))
+               result_pick=update(choices=train_steps.result_choices(s, info), value=""))
     out.update(train_steps.training_view(s, job, None))
     out.update(train_steps.result_view(s, job, None))
     out["sig"] = _keys(s, job, None, None)  # the timer refreshes only what changes after this
@@ -175,7 +177,7 @@ def poll(s: Session, job: str | None, sig: dict | None, run_pick: str | None, re
     if new["generate"] != old.get("generate"):
         out.update(train_steps.result_view(s, job, result_pick))
         if (old.get("generate") or [None] * 5)[3] != new["generate"][3]:
-            out["result_pick"] = update(choices=train_steps.result_choices(s, info), value=None)
+            out["result_pick"] = update(choices=train_steps.result_choices(s, info), value="")
         out["job_status"] = job_status(s, job)
     out["sig"] = new
     return out

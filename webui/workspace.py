@@ -139,4 +139,5 @@ class Workspace:
 def is_model_folder(p: Path) -> bool:
     """A diffusers folder or an original Wan / HunyuanVideo release (the markers models.detect_family reads;
     checked here without importing torch, so listing stays fast)."""
-    return (p / "model_index.json").is_file() or (p / "Wan2.1_VAE.pth").is_file() or (p / "hunyuan-video-i2v-720p").is_dir()
+    markers = (p / "model_index.json", p / "Wan2.1_VAE.pth", p / "hunyuan-video-i2v-720p")
+    return markers[0].is_file() or markers[1].is_file() or markers[2].is_dir()

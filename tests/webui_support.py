@@ -1,5 +1,6 @@
-"""Helpers of the browser tests: the page's server as a subprocess, headless Chromium through
-Playwright, painting on the mask editor's canvas, and a snapshot of the workspace's files."""
+"""Helpers of the page's tests: the server as a subprocess, headless Chromium through Playwright,
+painting on the mask editor's canvas, a snapshot of the workspace's files, and the toy example
+made into a job by prepare.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "examples" / "toy" / "example"
+TOY_MODEL = REPO / "examples" / "toy" / "model"
 CHROMIUM = os.environ.get("WEBUI_TEST_CHROMIUM", "/usr/bin/chromium")
 # As the machine notes say: no background networking (this machine has no network), fresh profile per launch.
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
@@ -112,3 +115,15 @@ def paint(page, editor: str, image_size: tuple[int, int], x0: int, y0: int, x1: 
         page.mouse.down()
         page.mouse.move(left + (x1 + 0.5) * zoom, top + (y + 0.5) * zoom, steps=6)
         page.mouse.up()
+
+
+def prepare_toy_job(out: Path, *sets: str) -> None:
+    """The toy example (a red disc moving down, 9 frames at 32x32, its mask and cyan edit) as a job folder,
+    made by prepare.py as a user would."""
+    argv = [sys.executable, str(REPO / "prepare.py"), "--video", str(TOY / "source"), "--source-fps", "16",
+            "--mask", str(TOY / "masks"), "--edited-frame", str(TOY / "edited_first.png"), "--caption", "a red disc",
+            "--model", str(TOY_MODEL), "--frames", "9", "--size", "32x32", "--out", str(out), "--no-preview",
+            "--quiet", "--set", "model.dtype='float32'"]
+    for s in sets:
+        argv += ["--set", s]
+    subprocess.run(argv, check=True, cwd=REPO, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
