@@ -317,3 +317,30 @@ def test_training_stops_and_resumes_through_the_page(tmp_path: Path, session: Se
     assert run.finished and run.step == total and run.summary["steps"] == total
     view = train_steps.training_view(session, job, None)
     assert f'value="{total}" max="{total}"' in view["train_progress"] and len(view["loss"]) >= total
+
+
+def test_a_job_tracked_by_sam2_from_clicks_in_the_page(session: Session):
+    """SAM2 mode: the weights folder must be in the workspace (or a --model-dir); the clicks (source pixels)
+    go to prepare.py, whose job then holds SAM2's tracked masks. Random tiny weights: the plumbing is checked."""
+    from test_prepare import tiny_sam2
+
+    ws, job = session.ws, session.new_job("tracked")
+    weights = tiny_sam2(ws.root / "models" / "sam2-tiny")
+    out = steps.use_clip(session, job, str(CLIP), None, 0.0, 5, 16.0, "64x32", "crop")
+    assert out["mask_editor"]["background"].shape == (240, 416, 3)
+    points = steps.sam2_click([], 40.0, 175.0, 1)
+    points = steps.sam2_click(points, 300.0, 60.0, 0)
+    assert points == [[40.0, 175.0, 1], [300.0, 60.0, 0]]
+    out = steps.save_mask(session, job, "sam2", None, None, str(weights), points, 0, False)
+    assert "by SAM2 from your points" in out["mask_msg"]
+    edited = media.first_frame(CLIP, 0.0).copy()
+    edited[160:190, 20:60] = (0, 0, 255)
+    path = ws.root / "videos" / "edited.png"
+    Image.fromarray(edited).save(path)
+    steps.use_edited(session, job, str(path))
+    steps.make_job(session, job, "a red ball rolls", "a blue ball rolls", None)
+    task = _wait(session.tasks, job, "prepare", 600)
+    assert task.state == "done", task.tail()
+    manifest = json.loads((ws.job_dir(job) / "manifest.json").read_text())
+    assert manifest["stages"]["masks"]["meta"]["kind"] == "sam2"
+    assert len(list((ws.job_dir(job) / "masks").glob("*.png"))) == 5

@@ -167,7 +167,7 @@ def build(s: Session) -> gr.Blocks:
                 with gr.Accordion("The whole plan", open=False):
                     C["plan_text"] = gr.Textbox(lines=14, interactive=False, show_label=False, elem_id="plan-text")
                 C["train_msg"] = gr.Markdown(elem_id="train-msg", elem_classes="step-msg")
-                C["run_pick"] = gr.Dropdown(label="Run", choices=[], value=None, elem_id="run-pick")
+                C["run_pick"] = gr.Dropdown(label="Run", choices=[("the newest run", "")], value="", elem_id="run-pick")
                 C["train_progress"] = gr.HTML(elem_id="train-progress")
                 C["loss"] = gr.LinePlot(x="step", y="loss", title="Training loss (stage 1, then stage 2)",
                                         elem_id="loss-plot")
@@ -186,7 +186,8 @@ def build(s: Session) -> gr.Blocks:
                 with gr.Row():
                     C["generate"] = gr.Button("Generate and evaluate", variant="primary", elem_id="generate")
                     C["stop_generate"] = gr.Button("Stop", variant="stop", elem_id="stop-generate")
-                C["result_pick"] = gr.Dropdown(label="Result", choices=[], value=None, elem_id="result-pick")
+                C["result_pick"] = gr.Dropdown(label="Result", choices=[("the newest result", "")], value="",
+                                                elem_id="result-pick")
                 C["result_msg"] = gr.Markdown(elem_id="result-msg", elem_classes="step-msg")
                 with gr.Row():
                     C["result_video"] = gr.Video(label="The edited video", interactive=False, elem_id="result-video",

@@ -178,9 +178,8 @@ def progress_html(step: int, total: int, text: str) -> str:
 
 
 def run_choices(info: JobInfo | None) -> list[tuple[str, str]]:
-    if info is None:
-        return []
-    return [("the newest run", "")] + [(f"{r.path.name} ({r.state()})", str(r.path)) for r in reversed(info.runs())]
+    runs = reversed(info.runs()) if info else []
+    return [("the newest run", "")] + [(f"{r.path.name} ({r.state()})", str(r.path)) for r in runs]
 
 
 # ------------------------------------------------------------------------------------------ 5. result
