@@ -235,7 +235,7 @@ def test_a_job_made_by_prepare_opens_in_the_page(site):
     ws = site["server"].workspace
     prepare_toy_job(ws / "jobs" / "from-cli")
     page = _page(site)
-    page.locator("#job-pick").click()
+    page.locator("#job-pick input").click()
     page.get_by_role("option", name="from-cli").click()
     page.locator("#open-job").click()
     expect(page.locator("#job-status")).to_contain_text("made by prepare.py", timeout=60_000)
