@@ -239,6 +239,7 @@ def test_a_job_made_by_prepare_opens_in_the_page(site):
     page.get_by_role("option", name="from-cli").click()
     page.locator("#open-job").click()
     expect(page.locator("#job-status")).to_contain_text("made by prepare.py", timeout=60_000)
-    expect(page.locator("#mask-msg")).to_contain_text("may change", timeout=60_000)
     page.locator("#clip-video video").wait_for(timeout=30_000)
+    _tab(page, "2. Where it may change")
+    expect(page.locator("#mask-msg")).to_contain_text("may change", timeout=60_000)
     page.close()
