@@ -14,12 +14,16 @@ Metrics, per frame and as means over frames 1..T-1 (frame 0 of a loraedit result
                edited first frame's; CLIP similarity of the edit region's crop (with --clip-model)
   temporal     warping error of consecutive frames with the SOURCE's optical flow (OpenCV DIS,
                occlusions removed by a forward-backward check), next to the source's own
+  truth        with --truth (an exact edited clip, e.g. a toy job's truth/ folder): PSNR and SSIM of the
+               whole frame and PSNR of the edit region against it
   paper        Table 1 with --clip-model: CLIP score (result frames vs the edited first frame) and
                input similarity (result frame t vs source frame t)
 Not measured: LPIPS (not implemented) and the paper's DeQA score (out of scope: it needs its own model).
 
-Writes evaluation.json (every per-frame value) and evaluation.png (per-frame plot) into --out (default: the
-first result's folder) and prints a summary table (what it is computing goes to stderr; --quiet: not that).
+Writes evaluation.json (every per-frame value), evaluation.png (per-frame plot), comparison.mp4 (source,
+ground truth and every result side by side, labelled, small clips enlarged) and comparison.png (the same as a
+row per clip, a column per frame) into --out (default: the first result's folder) and prints a summary table
+(what it is computing goes to stderr; --quiet: not that).
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--result", action="append", default=[], metavar="PATH",
                    help="result video or PNG-frame folder (repeatable: one column per result). With --config, "
                         "default: infer.py's result.mp4")
+    g.add_argument("--truth", metavar="PATH",
+                   help="the exact edited clip, when one exists (video or frame folder, e.g. a toy job's truth/): "
+                        "adds PSNR/SSIM against it")
     g = p.add_argument_group("explicit inputs (instead of --config)")
     g.add_argument("--source", metavar="PATH", help="the source clip (video, image folder or one image)")
     g.add_argument("--mask", metavar="PATH",
@@ -82,11 +89,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = ConsoleProgress(quiet=args.quiet)
     with one_line_warnings():
         if args.config:
-            inputs = inputs_from_config(config_from_args(args, check_paths=False), args.result)
+            inputs = inputs_from_config(config_from_args(args, check_paths=False), args.result, args.truth)
         else:
             inputs = inputs_from_paths(args.source, args.result, args.mask, args.edited_frame,
                                        fps=args.fps or 16.0, threshold=0.5 if args.mask_threshold is None
-                                       else args.mask_threshold)
+                                       else args.mask_threshold, truth=args.truth)
         try:
             result = run_evaluation(inputs, args.out, args.clip_model, args.include_first_frame, progress=console)
         finally:

@@ -286,6 +286,42 @@ def test_cli_writes_report_summary_and_a_valid_png(tmp_path):
         assert hi - lo > 100  # drawn on, not a blank canvas
 
 
+def test_truth_scores_the_result_against_the_exact_edit_and_comparison_files_show_every_clip(tmp_path):
+    src, masks = clip_with_square()
+    truth = recolored(src, masks)
+    save_pngs(tmp_path / "src", src)
+    save_pngs(tmp_path / "truth", truth)
+    save_pngs(tmp_path / "mask", masks.astype(np.uint8) * 255)
+    save_pngs(tmp_path / "exact" / "frames", truth)
+    save_pngs(tmp_path / "reverted" / "frames", src)  # the edit lost: background right, edit region wrong
+    proc = run_cli("--source", str(tmp_path / "src"), "--result", str(tmp_path / "exact" / "frames"),
+                   "--result", str(tmp_path / "reverted" / "frames"), "--mask", str(tmp_path / "mask"),
+                   "--truth", str(tmp_path / "truth"), "--out", str(tmp_path / "report"))
+    assert proc.returncode == 0, proc.stderr
+    assert "PSNR vs ground truth" in proc.stdout
+    report = json.loads((tmp_path / "report" / "evaluation.json").read_text())
+    exact, reverted = (r["summary"] for r in report["results"])
+    assert exact["psnr_truth"] == "inf" and exact["ssim_truth"] == pytest.approx(1.0, abs=1e-6)
+    assert reverted["psnr_truth_edit"] + 3 < reverted["psnr_truth"] < 30  # the error sits in the edit region
+    with Image.open(tmp_path / "report" / "comparison.png") as im:
+        strip = np.asarray(im.convert("RGB"))
+    # four rows (source, ground truth, two results) of T frames each, frames enlarged from 48 px to 96 px
+    assert strip.shape[0] >= 4 * 96 and strip.shape[1] >= T * 96 * W // H
+    video = media.read_frames(tmp_path / "report" / "comparison.mp4", fps=16).frames
+    assert len(video) == T and video.shape[2] >= 4 * W * 2  # four panels side by side, enlarged
+
+
+def test_truth_of_another_length_is_a_one_line_error(tmp_path):
+    src, _ = clip_with_square()
+    save_pngs(tmp_path / "src", src)
+    save_pngs(tmp_path / "truth", src[:-2])
+    proc = run_cli("--source", str(tmp_path / "src"), "--result", str(tmp_path / "src"),
+                   "--truth", str(tmp_path / "truth"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    assert "ground truth" in proc.stderr and str(tmp_path / "truth") in proc.stderr
+
+
 @pytest.mark.parametrize("mismatch", ["frames", "size"])
 def test_cli_mismatched_inputs_are_one_line_errors(tmp_path, mismatch):
     src, _ = clip_with_square()

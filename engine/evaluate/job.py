@@ -9,6 +9,8 @@ Every result is scored against the same source frames, edit mask and edited firs
   around the edit region vs the same crop of the edited frame;
 * temporal: warping error of consecutive result frames with the source's optical flow, next to the
   source's own warping error (whole frame and edit region);
+* with a ground-truth edited clip (`--truth`, e.g. the toy world's exact edits): PSNR and SSIM of the whole
+  frame and PSNR of the edit region against it;
 * the paper's Table 1 (with a CLIP model): CLIP score = CLIP similarity of each result frame to the edited
   first frame; input similarity = CLIP similarity of each result frame to the source frame at that index.
 
@@ -68,6 +70,18 @@ class EvalInputs:
     fps: float
     results: list[ResultVideo]
     origin: dict = field(default_factory=dict)  # where the inputs came from, for the report
+    truth: np.ndarray | None = None  # uint8 [T, H, W, 3]: the exact edited clip, when one exists
+
+
+def read_truth(path: str | Path, source: np.ndarray, fps: float) -> np.ndarray:
+    """The ground-truth edited clip (video or frame folder), checked against the source frame for frame."""
+    path = Path(path)
+    if not path.exists():
+        raise EvalInputError(f"{path}: no such ground-truth file or folder")
+    frames = media.read_frames(path, fps=fps).frames
+    if frames.shape[:3] != source.shape[:3]:
+        raise EvalInputError(f"ground truth {path} has {_geometry(frames)} but the source has {_geometry(source)}")
+    return frames
 
 
 def _geometry(frames: np.ndarray) -> str:
@@ -103,8 +117,9 @@ def read_result(path: str | Path, source: np.ndarray, source_name: str, fps: flo
     return ResultVideo(path, frames, read_sidecar(path))
 
 
-def inputs_from_config(cfg: Config, results: list[str]) -> EvalInputs:
-    """The job's aligned media (as train.py/infer.py see them) and its results (default: infer.py's)."""
+def inputs_from_config(cfg: Config, results: list[str], truth: str | None = None) -> EvalInputs:
+    """The job's aligned media (as train.py/infer.py see them), its results (default: infer.py's) and the
+    ground-truth edited clip if there is one."""
     from datasets.job import load_job
     from engine.infer.job import default_out
 
@@ -118,9 +133,10 @@ def inputs_from_config(cfg: Config, results: list[str]) -> EvalInputs:
                                  "or give --result PATH)")
         paths = [default]
     origin = {"config": cfg.source, "source": cfg.data.video, "mask": cfg.data.mask or None,
-              "edited_frame": cfg.data.edited_frame or None}
+              "edited_frame": cfg.data.edited_frame or None, "truth": truth}
     return EvalInputs(job.frames, job.edit_mask, job.edited_first, job.fps,
-                      [read_result(p, job.frames, src_name, job.fps) for p in paths], origin)
+                      [read_result(p, job.frames, src_name, job.fps) for p in paths], origin,
+                      read_truth(truth, job.frames, job.fps) if truth else None)
 
 
 def _check_aspect(w0: int, h0: int, w: int, h: int, path: str | Path, what: str) -> None:
@@ -147,7 +163,8 @@ def fit_mask(mask: np.ndarray, w: int, h: int, path: str | Path) -> np.ndarray:
 
 
 def inputs_from_paths(source: str | Path, results: list[str], mask: str | None = None,
-                      edited_frame: str | None = None, fps: float = 16.0, threshold: float = 0.5) -> EvalInputs:
+                      edited_frame: str | None = None, fps: float = 16.0, threshold: float = 0.5,
+                      truth: str | None = None) -> EvalInputs:
     """Explicit files: the source and results as they are (video, image folder at `fps`, or one image),
     the mask (white = edit; resized to the frames, nearest) and the edited first frame (resized)."""
     from masks.io import read_mask
@@ -161,8 +178,9 @@ def inputs_from_paths(source: str | Path, results: list[str], mask: str | None =
     else:
         edit = np.ones((t, h, w), dtype=bool)
     edited = fit_image(media.read_image(edited_frame), w, h, edited_frame) if edited_frame else None
-    origin = {"config": None, "source": str(source), "mask": mask, "edited_frame": edited_frame}
-    return EvalInputs(frames, edit, edited, fps, [read_result(p, frames, str(source), fps) for p in results], origin)
+    origin = {"config": None, "source": str(source), "mask": mask, "edited_frame": edited_frame, "truth": truth}
+    return EvalInputs(frames, edit, edited, fps, [read_result(p, frames, str(source), fps) for p in results], origin,
+                      read_truth(truth, frames, fps) if truth else None)
 
 
 # ------------------------------------------------------------------------------------- scoring
@@ -224,6 +242,11 @@ def score_result(res: ResultVideo, inputs: EvalInputs, shared: _Shared, clip: Cl
     }
     if clip is not None:
         per.update(_clip_per_frame(clip, result, edit, shared))
+    truth = inputs.truth
+    if truth is not None:
+        per["psnr_truth"] = [M.psnr(result[t], truth[t]) for t in range(len(result))]
+        per["ssim_truth"] = [M.ssim(result[t], truth[t]) for t in range(len(result))]
+        per["psnr_truth_edit"] = [M.psnr(result[t], truth[t], edit[t]) for t in range(len(result))]
 
     # PSNR of the pooled MSE (pixel-weighted): one identical frame does not make the mean inf
     counts = kept.reshape(len(kept), -1).sum(axis=1)
@@ -233,6 +256,10 @@ def score_result(res: ResultVideo, inputs: EvalInputs, shared: _Shared, clip: Cl
                "psnr_full": M.psnr_from_mse(_mean(mse_full, mean_frames))}
     for key in ("ssim_kept", "ssim_full", "delta_e", "hist_distance", "clip_region", "clip_score", "input_similarity"):
         summary[key] = _mean(per[key], mean_frames) if key in per else None
+    if truth is not None:  # pooled like the kept region: one identical frame does not make the mean inf
+        summary["psnr_truth"] = M.psnr_from_mse(_mean([M.mse(result[i], truth[i]) for i in mean_frames]))
+        summary["ssim_truth"] = _mean(per["ssim_truth"], mean_frames)
+        summary["psnr_truth_edit"] = M.psnr_from_mse(_mean([M.mse(result[i], truth[i], edit[i]) for i in mean_frames]))
     summary["warp_error"] = _mean(per["warp_error"])
     summary["warp_error_edit"] = _mean(per["warp_error_edit"])
     return {"path": str(res.path), "sidecar": res.sidecar, "summary": summary, "per_frame": per}
@@ -273,7 +300,8 @@ def evaluate(inputs: EvalInputs, clip_model: str | Path | None = None, include_f
     return {
         "version": REPORT_VERSION, "software": "lora-edit evaluate.py",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "inputs": {"config": None, "source": None, "mask": None, "edited_frame": None, **inputs.origin,
+        "inputs": {"config": None, "source": None, "mask": None, "edited_frame": None, "truth": None,
+                   **inputs.origin,
                    "frames": t, "width": w, "height": h, "fps": inputs.fps,
                    "edit_coverage": float(edit.mean()),
                    "edit_coverage_per_frame": edit.reshape(t, -1).mean(axis=1).tolist()},
@@ -315,15 +343,21 @@ class EvaluateResult:
 def run_evaluation(inputs: EvalInputs, out: str | Path | None = None, clip_model: str | Path | None = None,
                    include_first: bool = False, progress: Progress | None = None) -> EvaluateResult:
     """evaluate.py's job: score every result of `inputs` (from `inputs_from_config` or `inputs_from_paths`) and write
-    evaluation.json and evaluation.png into `out` (default: the first result's folder). Prints nothing."""
+    evaluation.json, evaluation.png and the side-by-side comparison.mp4 / comparison.png into `out` (default: the
+    first result's folder). Prints nothing."""
+    from engine.evaluate.compare import COMPARISON_STRIP, COMPARISON_VIDEO, write_comparison
     from engine.evaluate.plot import draw_plot
     from engine.evaluate.report import PLOT_NAME, REPORT_NAME, summary_text, write_json
 
     report_data = evaluate(inputs, clip_model, include_first, progress)
     folder = Path(out) if out else inputs.results[0].path.resolve().parent
-    files = {"report": folder / REPORT_NAME, "plot": folder / PLOT_NAME}
+    files = {"report": folder / REPORT_NAME, "plot": folder / PLOT_NAME,
+             "comparison": folder / COMPARISON_VIDEO, "strip": folder / COMPARISON_STRIP}
     report_data["files"] = {k: str(v) for k, v in files.items()}
     draw_plot(report_data, files["plot"])
+    panels = [("source", inputs.source)] + ([("ground truth", inputs.truth)] if inputs.truth is not None else [])
+    write_comparison(folder, panels + [(e["label"], r.frames) for e, r in zip(report_data["results"], inputs.results)],
+                     inputs.fps)
     write_json(report_data, files["report"])
     means = {entry["label"]: dict(entry["summary"]) for entry in report_data["results"]}
     return EvaluateResult(report_data, files, summary_text(report_data, files), means)

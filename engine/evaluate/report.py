@@ -23,6 +23,9 @@ ROWS = (
     ("edit", "delta_e", "color dE76 vs edited frame", "lower", "{:.2f}"),
     ("edit", "hist_distance", "Lab histogram distance", "lower", "{:.4f}"),
     ("edit", "clip_region", "CLIP edit region vs edited", "higher", "{:.4f}"),
+    ("truth", "psnr_truth", "PSNR vs ground truth (dB)", "higher", "{:.2f}"),
+    ("truth", "ssim_truth", "SSIM vs ground truth", "higher", "{:.4f}"),
+    ("truth", "psnr_truth_edit", "PSNR vs truth, edit region", "higher", "{:.2f}"),
     ("temporal", "warp_error", "warping error", "lower", "{:.3e}"),
     ("temporal", "warp_error_edit", "warping error, edit region", "lower", "{:.3e}"),
     ("paper", "clip_score", "CLIP score", "higher", "{:.4f}"),
@@ -106,7 +109,8 @@ def summary_text(report: dict, files: dict[str, Path] | None = None) -> str:
     for group, key, label, better, fmt in ROWS:
         values = [r["summary"].get(key) for r in results]
         if all(v is None for v in values):
-            skipped.append((key, label))
+            if group != "truth":  # without --truth these rows are not expected
+                skipped.append((key, label))
             continue
         src = _fmt(report["source"].get(key), fmt) if key in SOURCE_KEYS else ""
         cells = "".join(f"  {_fmt(v, fmt):>{w}}" for v, w in zip(values, widths))
@@ -126,5 +130,5 @@ def summary_text(report: dict, files: dict[str, Path] | None = None) -> str:
                      + (f" ({'; '.join(why)})" if why else ""))
     lines.append("not measured: LPIPS (not implemented), DeQA (out of scope)")
     for name, path in (files or {}).items():
-        lines.append(f"{name + ':':<8}{path}")
+        lines.append(f"{name + ':':<12}{path}")
     return "\n".join(lines)

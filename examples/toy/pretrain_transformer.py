@@ -2,7 +2,9 @@
 
     python -m examples.toy.pretrain_transformer [--minutes 30] [--export-only]
 
-Needs $TOY_TRAIN_DIR/vae_final.pt (examples/toy/pretrain_vae.py). Steps, each resumable:
+Needs $TOY_TRAIN_DIR/vae_final.pt (examples/toy/pretrain_vae.py), or `--init-from MODEL_FOLDER` to continue
+pretraining an exported toy model (its VAE, latent statistics and transformer weights are the start; the
+checkpoints of the first run are not needed). Steps, each resumable:
 1. latent statistics: the VAE's `latents_mean` / `latents_std` are set from the encoded pretraining clips;
 2. a staging model folder (diffusers layout) with that VAE and a fresh transformer, so every encoding below
    goes through the project's own adapter (`models.wan.WanAdapter`) exactly as train.py / infer.py do;
@@ -18,6 +20,7 @@ import argparse
 import copy
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -88,14 +91,18 @@ def padded_text(texts: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.pad(texts, (0, 0, 0, TEXT_LEN - texts.shape[1]))
 
 
-def prepare(bank: np.ndarray, captions: list[str]) -> dict:
+def prepare(bank: np.ndarray, captions: list[str], init_from: Path | None = None) -> dict:
     data_path = WORK / "encoded.pt"
     data = load_checkpoint(data_path)
     if data is not None and (STAGE_DIR / "model_index.json").exists():
         return data
-    vae = trained_vae()
-    set_latent_stats(vae, bank)
-    write_model_folder(STAGE_DIR, vae, None)
+    if init_from is not None:  # continue an exported model: its VAE keeps its statistics (latents stay comparable)
+        weights = WanAdapter(init_from, dtype=torch.float32).weights
+        write_model_folder(STAGE_DIR, weights.vae(torch.float32), weights.transformer(torch.float32))
+    else:
+        vae = trained_vae()
+        set_latent_stats(vae, bank)
+        write_model_folder(STAGE_DIR, vae, None)
     adapter = WanAdapter(STAGE_DIR, dtype=torch.float32)
     t = time.monotonic()
     data = encode_bank(adapter, bank, captions)
@@ -179,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="exported transformer dtype")
     ap.add_argument("--export-only", action="store_true", help="write the model from the last checkpoint and stop")
+    ap.add_argument("--init-from", type=Path, default=None,
+                    help="an exported toy model folder to continue pretraining from (instead of vae_final.pt "
+                         "and a fresh transformer); used only when $TOY_TRAIN_DIR has no staging model yet")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -186,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         export(None, dtype)
         return 0
     bank, captions = clip_bank()
-    data = prepare(bank, captions)
+    data = prepare(bank, captions, args.init_from)
     export(train(data, args), dtype)
     return 0
 
