@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,4 +34,11 @@ def test_quickstart_runs_end_to_end_on_the_toy_model(tmp_path):
     assert load_file(lora) and (lora.parent / "lora_stage1.safetensors").exists()  # stage 2 ran after stage 1
     assert (out / "job" / "reference" / "8.png").exists()  # the edited later frame reached the job
     assert (out / "job" / "preview" / "summary.json").exists()
-    assert (out / "result" / "evaluation.json").exists() and (out / "result" / "evaluation.png").exists()
+    # Both results (with and without the LoRA) scored against the exact ground truth, shown side by side.
+    report = json.loads((out / "compare" / "evaluation.json").read_text())
+    assert [r["label"] for r in report["results"]] == ["result/result.mp4", "no-lora/result.mp4"]
+    assert all("psnr_truth" in r["summary"] and "psnr_truth_edit" in r["summary"] for r in report["results"])
+    comparison = media.read_video(out / "compare" / "comparison.mp4").frames
+    assert comparison.shape[0] == 9 and comparison.shape[2] >= 4 * 32 * 8  # 4 panels, enlarged 8x
+    assert (out / "compare" / "comparison.png").stat().st_size > 5000
+    assert "LoRA vs no LoRA: whole frame" in proc.stdout and " dB" in proc.stdout

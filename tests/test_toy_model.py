@@ -75,3 +75,15 @@ def test_short_ablation_run_writes_the_table_and_grid(tmp_path):
     again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
                            env={**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)})
     assert again.returncode == 0 and "[1/" not in again.stdout
+
+
+def test_toy_toml_ships_the_settings_the_ablation_measures_as_the_recolor_remedy():
+    """The README's toy table reports examples/toy.toml's settings through the rows of toy_ablation.RECOLOR."""
+    from benchmarks import toy_ablation
+
+    shipped = load_config(REPO / "examples" / "toy.toml", check_paths=False)
+    measured = load_config(REPO / "examples" / "toy.toml", toy_ablation.BY_NAME[toy_ablation.RECOLOR].train,
+                           check_paths=False)
+    assert shipped.training == measured.training and shipped.data == measured.data
+    assert shipped.adapter == measured.adapter and shipped.optimizer == measured.optimizer
+    assert shipped.training.appearance_augment > 0 and shipped.training.first_frame_reference  # the remedy
