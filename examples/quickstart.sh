@@ -55,5 +55,8 @@ download Wan2.1-I2V-14B-480P (README "Model weights") and run the same steps on 
   python prepare.py --video examples/clip.mp4 --mask examples/mask.mp4 --edited-frame examples/edited_first.png \\
       --reference-frames examples/reference --caption "a red ball rolls along a park path" \\
       --edited-caption "a blue ball rolls along a park path" --model /path/to/Wan2.1-I2V-14B-480P-Diffusers --out jobs/ball
+  python train.py --config jobs/ball/edit.toml --plan --gpu-memory 24GB   # memory and time first; what fits 24 GB
+  python infer.py --config jobs/ball/edit.toml --plan --gpu-memory 24GB
   python train.py --config jobs/ball/edit.toml && python infer.py --config jobs/ball/edit.toml
+(--plan needs no weights and no GPU; add the --set options it prints to the commands after it.)
 MSG
