@@ -43,7 +43,7 @@ cat <<MSG
 
 Done. Outputs:
   edited video   $OUT/result/result.mp4  (PNG frames in $OUT/result/frames/)
-  side by side   $OUT/result/side_by_side.mp4   (source | result | mask)
+  side by side   $OUT/result/side_by_side.mp4   (source | result | where it may change; enlarged to view)
   evaluation     $OUT/result/evaluation.json + evaluation.png
   LoRA           $LORA
   job + preview  $JOB/  (look at $JOB/preview/)
