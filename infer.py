@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write side_by_side.mp4 (default: on)")
     g.add_argument("--composite", action=argparse.BooleanOptionalAction, default=None,
                    help="paste the kept region back from the source with a feathered mask")
-    g.add_argument("--feather", type=int, metavar="PIXELS", help="composite feather radius (default: 8)")
+    g.add_argument("--feather", type=int, metavar="PIXELS",
+                   help="composite feather, inward only: pixels inside the region over which it fades (default: 8)")
     add_quiet_argument(p)
     p.add_argument("--replay", metavar="RESULT.json",
                    help="regenerate exactly the run a result.json describes (its config and settings; flags given "

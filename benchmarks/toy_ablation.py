@@ -39,7 +39,9 @@ import argparse
 import dataclasses
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,6 +168,21 @@ def job_config(job: Path, work: Path, model: Path, seed: int, v: Variant, args: 
     if args.reference_steps is not None:
         sets.append(f"training.reference_steps={args.reference_steps}")
     return load_config(TOY_TOML, sets)
+
+
+def case_job(case: world.EditCase, work: Path) -> Path:
+    """The case's job folder, written once: into a temporary folder, then renamed, so that parallel shards
+    never read a half-written frame."""
+    job = work / "jobs" / f"clip{case.params.seed}"
+    if not (job / "case.json").exists():
+        job.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=job.parent, prefix=f".{job.name}-"))
+        jobs.write_case(case, tmp)
+        try:
+            tmp.rename(job)
+        except OSError:  # another shard finished it first
+            shutil.rmtree(tmp)
+    return job
 
 
 def generate_frames(cfg, lora: Path | None) -> np.ndarray:
@@ -304,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         key = ("run" if v else "baseline", case.params.seed, seed, v.name if v else None)
         if args.report_only or key in done or n % nshards != shard:
             continue
-        job = jobs.write_case(case, work / "jobs" / f"clip{case.params.seed}")
+        job = case_job(case, work)
         t0 = time.perf_counter()
         if v is None:  # the base model predicting the *source* clip from its own first frame vs repeating it
             cfg = job_config(job, work, model, seed, BY_NAME["a"], args,

@@ -104,6 +104,17 @@ def _resolve_paths(obj: Any, base: Path, only: set[str] | None, prefix: str = ""
             setattr(obj, name, str(p if p.is_absolute() else (base / p).resolve()))
 
 
+def _hint(dotted: str, obj: Any, name: str) -> str:
+    """How to make what is missing, where the project can: a model folder named like a tiny model (examples/tiny.toml's
+    runs/tiny-wan) is made by the family's tiny-model command."""
+    if dotted != "model.ckpt_path" or "tiny" not in Path(getattr(obj, name)).name.lower():
+        return ""
+    command = family(obj.type).tiny_command
+    if not command:
+        return ""
+    return f"; make this tiny random model with: {command.replace('OUT', str(getattr(obj, name)))}"
+
+
 def _check_inputs_exist(obj: Any, origin: str, overridden: set[str], prefix: str = "") -> None:
     for name, f in _fields(obj).items():
         dotted = f"{prefix}{name}"
@@ -111,7 +122,7 @@ def _check_inputs_exist(obj: Any, origin: str, overridden: set[str], prefix: str
             _check_inputs_exist(getattr(obj, name), origin, overridden, f"{dotted}.")
         elif f.metadata.get("path") == "in" and getattr(obj, name) and not Path(getattr(obj, name)).exists():
             where = "--set" if dotted in overridden else origin
-            raise ConfigError(f"{where}: {dotted} = '{getattr(obj, name)}' does not exist")
+            raise ConfigError(f"{where}: {dotted} = '{getattr(obj, name)}' does not exist{_hint(dotted, obj, name)}")
 
 
 def _check_consistency(cfg: Config, origin: str) -> None:

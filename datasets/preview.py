@@ -1,8 +1,10 @@
 """A preview a person can look at: what the model will be conditioned on, and what it must reconstruct.
 
 For a job it writes, per sample kind, the condition video, the mask overlaid on the source and the
-target (mp4 each), one contact-sheet PNG with a row per video, and `summary.json` with frames, size,
-fps, mask coverage per frame and the number of samples per mode.
+target (mp4 each), one contact-sheet PNG with a labelled row per video and labelled frames (every frame up to
+17, else which ones), and `summary.json` with frames, size, fps, mask coverage per frame and the number of
+samples per mode. The mask is drawn as a tint plus an outline in a colour chosen against the colours it covers
+(a red object gets a cyan or green overlay), on videos enlarged for viewing when the job is small.
 """
 
 from __future__ import annotations
@@ -20,8 +22,7 @@ from config.loader import to_dict
 from config.schema import Config
 from datasets.job import Job, inference_sample_for, training_samples
 from datasets.samples import Sample
-
-EDIT_TINT = np.array([255, 40, 40], dtype=np.float32)
+from media.viewing import enlarge, labelled_sheet, outlined_overlay, view_scale
 
 
 def to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -30,26 +31,15 @@ def to_uint8(video: np.ndarray | torch.Tensor) -> np.ndarray:
     return ((v.permute(1, 2, 3, 0) + 1.0) * 127.5 + 0.5).clamp_(0, 255).to(torch.uint8).numpy()
 
 
-def overlay(frames: np.ndarray, generate: np.ndarray, alpha: float = 0.45) -> np.ndarray:
-    """Tint the regions to generate (bool [T, H, W]) red over uint8 frames [T, H, W, 3]."""
-    out = frames.copy()
-    tinted = frames[generate].astype(np.float32) * (1 - alpha) + EDIT_TINT * alpha + 0.5
-    out[generate] = np.clip(tinted, 0, 255).astype(np.uint8)
-    return out
+def overlay(frames: np.ndarray, generate: np.ndarray, alpha: float = 0.35) -> np.ndarray:
+    """The regions to generate (bool [T, H, W]) over uint8 frames [T, H, W, 3]: a tint and an outline in the
+    colour that contrasts most with the region (media.viewing.outlined_overlay), at the frames' size."""
+    return outlined_overlay(frames, generate, alpha=alpha)
 
 
-def contact_sheet(rows: list[tuple[str, np.ndarray]], columns: int = 8, thumb_width: int = 208) -> Image.Image:
-    """One row per labelled video, `columns` evenly spaced frames each (fewer if the video is shorter)."""
-    n = max(len(v) for _, v in rows)
-    picks = np.unique(np.linspace(0, n - 1, min(columns, n)).round().astype(int))
-    h0, w0 = rows[0][1].shape[1:3]
-    tw, th = thumb_width, max(1, round(thumb_width * h0 / w0))
-    sheet = Image.new("RGB", (tw * len(picks), th * len(rows)), (16, 16, 16))
-    for r, (_, video) in enumerate(rows):
-        for c, i in enumerate(picks):
-            if i < len(video):
-                sheet.paste(Image.fromarray(video[i]).resize((tw, th), Image.BILINEAR), (c * tw, r * th))
-    return sheet
+def contact_sheet(rows: list[tuple[str, np.ndarray]], columns: int = 17, thumb_width: int = 160) -> Image.Image:
+    """One labelled row per video, every frame labelled with its index (all frames up to `columns`)."""
+    return Image.fromarray(labelled_sheet(rows, columns, thumb_width))
 
 
 def _save_png(img: Image.Image, path: Path) -> None:
@@ -60,10 +50,12 @@ def _save_png(img: Image.Image, path: Path) -> None:
 def _write_sample(sample: Sample, source: np.ndarray, out: Path, fps: float) -> dict:
     """The three videos and the contact sheet of one sample; returns its summary entry."""
     generate = sample.m_condition[0].numpy() < 0.5
-    cond = to_uint8(sample.v_condition)
-    videos = [("condition", cond), ("mask", overlay(source, generate))]
+    k = view_scale(*source.shape[1:3])  # small jobs: enlarged (nearest), so the outline is thin and visible
+    big = enlarge(generate[..., None], k)[..., 0]
+    cond = enlarge(to_uint8(sample.v_condition), k)
+    videos = [("condition", cond), ("mask", overlay(enlarge(source, k), big))]
     if sample.v_target is not None:
-        videos.append(("target", to_uint8(sample.v_target)))
+        videos.append(("target", enlarge(to_uint8(sample.v_target), k)))
     files = {}
     for label, video in videos:
         path = out / f"{sample.name}_{label}.mp4"

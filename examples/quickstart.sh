@@ -55,7 +55,7 @@ cat <<MSG
 
 Done. Outputs:
   edited video   $OUT/result/result.mp4  (PNG frames in $OUT/result/frames/)
-  side by side   $OUT/result/side_by_side.mp4   (source | result | mask)
+  side by side   $OUT/result/side_by_side.mp4   (source | result | where it may change; enlarged to view)
   comparison     $OUT/compare/comparison.png and comparison.mp4: source, ground truth, the result and
                  the base model without the LoRA, every frame, enlarged and labelled
   evaluation     $OUT/compare/evaluation.json + evaluation.png
@@ -68,5 +68,8 @@ download Wan2.1-I2V-14B-480P (README "Model weights") and run the same steps on 
   python prepare.py --video examples/clip.mp4 --mask examples/mask.mp4 --edited-frame examples/edited_first.png \\
       --reference-frames examples/reference --caption "a red ball rolls along a park path" \\
       --edited-caption "a blue ball rolls along a park path" --model /path/to/Wan2.1-I2V-14B-480P-Diffusers --out jobs/ball
+  python train.py --config jobs/ball/edit.toml --plan --gpu-memory 24GB   # memory and time first; what fits 24 GB
+  python infer.py --config jobs/ball/edit.toml --plan --gpu-memory 24GB
   python train.py --config jobs/ball/edit.toml && python infer.py --config jobs/ball/edit.toml
+(--plan needs no weights and no GPU; add the --set options it prints to the commands after it.)
 MSG

@@ -15,8 +15,18 @@
    ``refine`` (default) GrabCut then re-fits the boundary to the frame's colours, but only within
    ``band`` pixels of the propagated boundary: that stops drift from accumulating while bounding
    how far it can go wrong. Without it, shape changes the affine edge cannot follow accumulate.
+   **Guard.** Between two consecutive source frames an object neither loses a large share of its area nor
+   changes its colour much; when the propagated region does (below ``keep_area`` of the previous frame's area,
+   or its mean colour moved by more than ``max_colour_change``: GrabCut taking the object for background, the
+   flow dragged onto the background, the object hidden for a moment), the flow result without the refinement
+   is used if it passes, else the previous frame's region moved with the last trusted motion.
+   Such frames are reported (`Tracked.guarded`), and `coverage_drop` names frames whose region fell to under
+   half of frame 0's, which prepare.py turns into a warning.
 3. **Output.** Each frame's tracked region is dilated by ``margin`` pixels (a safety margin; the
    tracked core itself is never re-grown, so the margin does not accumulate over frames).
+
+Track through every frame of the source (`picks`: which of them the job keeps): between frames resampled to a
+low job rate the motion is large and the tracker loses the object.
 
 Limits: it tracks the motion of the ORIGINAL pixels under the edit, so it assumes the edit modifies
 an existing object (recolour, texture, an accessory on something that moves with it). An object
@@ -27,8 +37,8 @@ it or make it drift. Check the preview; when it fails, pass a mask (``--mask``) 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -37,7 +47,7 @@ from config.errors import UserError
 from config.progress import Progress, tracked
 
 # Part of a job's mask key: bump it when the algorithm's output changes, so prepared jobs redo their masks.
-ALGORITHM_VERSION = 1
+ALGORITHM_VERSION = 2  # 2: the shrink guard; tracked at the source's rate
 
 
 # Dense flow runs where the tracked object is at most this many pixels across (finer adds cost, not accuracy).
@@ -55,6 +65,8 @@ class AutoMaskSettings:
     margin: int | None = None  # output dilation in pixels; None: 0.5% of the longer side (at least 1)
     refine: bool = True  # GrabCut boundary refinement near the propagated boundary
     band: int | None = None  # refinement band in pixels; None: 0.5% of the longer side (at least 2)
+    keep_area: float = 0.8  # guard: a frame keeps at least this share of the previous frame's area
+    max_colour_change: float = 0.2  # guard: the region's mean colour moves at most this (of full scale) a frame
 
     def margin_px(self, width: int, height: int) -> int:
         return self.margin if self.margin is not None else max(1, round(0.005 * max(width, height)))
@@ -227,11 +239,25 @@ def _refine(frame: np.ndarray, prior: np.ndarray, band: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class Tracked:
+    """A tracked mask: bool [T, H, W] and the frames (indices into it) where the shrink guard stepped in."""
+
+    masks: np.ndarray
+    guarded: list[int] = field(default_factory=list)
+
+
+def _moved(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """`mask` shifted by (dx, dy) pixels; what leaves the frame is dropped."""
+    m = np.float32([[1, 0, dx], [0, 1, dy]])
+    return cv2.warpAffine(mask.astype(np.uint8), m, mask.shape[::-1], flags=cv2.INTER_NEAREST) > 0
+
+
 def propagate_mask(
     frames: np.ndarray, first: np.ndarray, settings: AutoMaskSettings = AutoMaskSettings(),
     progress: Progress | None = None
-) -> np.ndarray:
-    """Carry a frame-0 mask (bool [H, W]) through uint8 frames [T, H, W, 3]: bool [T, H, W] tracked core."""
+) -> Tracked:
+    """Carry a frame-0 mask (bool [H, W]) through uint8 frames [T, H, W, 3]: the tracked core, bool [T, H, W]."""
     T, H, W = frames.shape[:3]
     if first.shape != (H, W):
         raise ValueError(f"mask {first.shape} does not match frames {frames.shape[1:3]}")
@@ -239,6 +265,9 @@ def propagate_mask(
     band = settings.band_px(W, H)
     out = np.zeros((T, H, W), bool)
     out[0] = first
+    guarded: list[int] = []
+    velocity = (0, 0)  # the last trusted step's motion: where a region the tracker lost probably went
+    look = frames[0][first].reshape(-1, 3).astype(np.float32).mean(0) if first.any() else np.zeros(3, np.float32)
     prev_gray = cv2.cvtColor(frames[0], cv2.COLOR_RGB2GRAY)
     for t in tracked(range(1, T), progress, "mask propagation", T - 1, "frame"):
         gray = cv2.cvtColor(frames[t], cv2.COLOR_RGB2GRAY)
@@ -258,21 +287,61 @@ def propagate_mask(
                 res = _scaled_flow(flow, shifted, gray[y0:y1, x0:x1], min(1.0, FLOW_OBJECT_PX / size))
                 qy, qx = np.clip(ys + dy - y0, 0, y1 - y0 - 1), np.clip(xs + dx - x0, 0, x1 - x0 - 1)
                 fx, fy = _edge_affine(prev, (ys, xs), dx + res[qy, qx, 0], dy + res[qy, qx, 1])
-                core = _splat((ys, xs), fx, fy, (H, W)) > 0.5
-                core = cv2.morphologyEx(core.astype(np.uint8), cv2.MORPH_CLOSE, _ellipse(1)).astype(bool)
-                if settings.refine and core.any():
-                    core = _refine(frames[t], core, band)
+                moved = _splat((ys, xs), fx, fy, (H, W)) > 0.5
+                moved = cv2.morphologyEx(moved.astype(np.uint8), cv2.MORPH_CLOSE, _ellipse(1)).astype(bool)
+                core = _refine(frames[t], moved, band) if settings.refine and moved.any() else moved
+                # The guard (module doc): the previous area, less what left the frame with the motion, and the
+                # previous region's colour.
+                floor = settings.keep_area * int(_moved(prev, dx, dy).sum())
+
+                cands = [c for c in (core, moved) if c.sum() >= max(floor, 1)
+                         and _colour_distance(frames[t], c, look) <= settings.max_colour_change]
+                if cands and cands[0] is core:
+                    velocity = _centroid_step(prev, core)
+                else:
+                    core = cands[0] if cands else _moved(prev, *velocity)
+                    guarded.append(t)
                 out[t] = core
+                if out[t].any() and guarded[-1:] != [t]:  # a guessed region's colour is no reference
+                    look = frames[t][out[t]].reshape(-1, 3).astype(np.float32).mean(0)
         prev_gray = gray
-    return out
+    return Tracked(out, guarded)
+
+
+def _colour_distance(frame: np.ndarray, mask: np.ndarray, look: np.ndarray) -> float:
+    """Largest per-channel difference (of full scale) between the mean colour under `mask` and `look`."""
+    if not mask.any():
+        return 1.0
+    return float(np.abs(frame[mask].reshape(-1, 3).astype(np.float32).mean(0) - look).max() / 255.0)
+
+
+def _centroid_step(a: np.ndarray, b: np.ndarray) -> tuple[int, int]:
+    """Integer (dx, dy) from the centroid of region `a` to that of `b`."""
+    (ya, xa), (yb, xb) = np.argwhere(a).mean(0), np.argwhere(b).mean(0)
+    return round(xb - xa), round(yb - ya)
+
+
+def coverage_drop(masks: np.ndarray, share: float = 0.5) -> list[int]:
+    """Frames whose region is under `share` of frame 0's area (while frame 0 has one)."""
+    area = masks.reshape(len(masks), -1).sum(1)
+    return [int(i) for i in np.flatnonzero(area < share * area[0])] if area[0] else []
 
 
 def auto_mask(
     frames: np.ndarray, edited_first: np.ndarray, settings: AutoMaskSettings = AutoMaskSettings(),
-    progress: Progress | None = None,
-) -> np.ndarray:
-    """The edit mask of a clip from its edited first frame: bool [T, H, W], True = may change."""
+    progress: Progress | None = None, picks: Sequence[int] | None = None,
+) -> Tracked:
+    """The edit mask of a clip from its edited first frame: bool [T, H, W], True = may change.
+
+    `frames` are tracked through one by one (pass every source frame, fitted to the job's size); `picks` are the
+    indices of the frames the job keeps (default: all), the first of which is the edited frame's."""
+    picks = list(range(len(frames))) if picks is None else [int(i) for i in picks]
+    frames = frames[picks[0]:picks[-1] + 1]
+    picks = [i - picks[0] for i in picks]
     first = difference_mask(frames[0], edited_first, settings)
-    core = propagate_mask(frames, first, settings, progress)
+    run = propagate_mask(frames, first, settings, progress)
+    core = run.masks[picks]
     margin = settings.margin_px(frames.shape[2], frames.shape[1])
-    return np.stack([cv2.dilate(c.astype(np.uint8), _ellipse(margin)) > 0 for c in core]) if margin else core
+    if margin:
+        core = np.stack([cv2.dilate(c.astype(np.uint8), _ellipse(margin)) > 0 for c in core])
+    return Tracked(core, run.guarded)

@@ -85,3 +85,20 @@ def feather(mask: np.ndarray, radius: float) -> np.ndarray:
     k = 2 * int(np.ceil(1.5 * radius)) + 1  # kernel to 3 sigma: no visible truncation step
     out = np.stack([cv2.GaussianBlur(f, (k, k), sigmaX=radius / 2, borderType=cv2.BORDER_REPLICATE) for f in frames])
     return np.clip(out, 0.0, 1.0).reshape(mask.shape)
+
+
+def feather_inward(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Soft float32 mask in [0, 1] that ramps up *inside* the region only: 0 on every pixel outside it, rising
+    with the distance from the region's edge to 1 at `radius` pixels in. A composite with it keeps every pixel
+    outside the region exactly (a blur of both sides would change kept pixels up to 1.5 radius away).
+    radius 0 returns the hard mask."""
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+    mask = np.asarray(mask)
+    frames = _frames(mask)
+    if radius == 0:
+        return frames.astype(np.float32).reshape(mask.shape)
+    # Distance of each region pixel to the nearest kept pixel: 1 at the edge. A region filling a whole frame
+    # has no kept pixel; the distance is then large and the mask 1.
+    out = np.stack([cv2.distanceTransform(f, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) for f in frames])
+    return np.clip(out / float(radius), 0.0, 1.0).astype(np.float32).reshape(mask.shape)

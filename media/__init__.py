@@ -342,6 +342,28 @@ def read_video_at(path: str | os.PathLike, times: np.ndarray, pixel_format: str 
     return _with_seek_fallback(path, max(float(times[0]), 0.0), consume)
 
 
+def read_video_span(path: str | os.PathLike, start: float, end: float,
+                    each: Callable[[np.ndarray], np.ndarray] | None = None) -> Clip:
+    """Every frame on screen from `start` through `end` (the last wanted time) at the source's own rate, each
+    passed through `each` as soon as it is decoded (e.g. fitted to a job's size, so a long stretch of a 4K
+    clip is never held at full resolution). ``timestamps`` are the frames' source times."""
+    path = Path(path)
+
+    def consume(it: Iterator) -> Clip:
+        frames: list[np.ndarray] = []
+        times: list[float] = []
+        t, dur, fps = 0.0, 0.0, 0.0
+        for t, dur, frame, fps in it:
+            if times and t > end + _default_eps(1.0 / fps if fps > 0 else dur):
+                break
+            arr = _to_array(frame, "rgb24")
+            frames.append(each(arr) if each is not None else arr)
+            times.append(t)
+        return Clip(np.stack(frames), np.asarray(times), fps, t + dur, str(path))
+
+    return _with_seek_fallback(path, max(float(start), 0.0), consume)
+
+
 def _to_array(frame: av.VideoFrame, pixel_format: str) -> np.ndarray:
     arr = frame.to_ndarray(format=pixel_format)
     k = round((frame.rotation or 0) / 90) % 4  # display matrix: counter-clockwise degrees

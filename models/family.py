@@ -68,6 +68,7 @@ class FamilySpec:
     scheduler_config: Mapping[str, Any]  # its scheduler config (shift included) for folders that ship none
     negative_prompt: str  # its standard negative prompt, for inference.negative_prompt = ""
     default_frames: int = 49  # 4k+1 frames of a new job (prepare.py --frames)
+    tiny_command: str = ""  # the command line that writes a tiny random model to OUT (named in missing-model errors)
     experts: tuple[Expert, ...] = field(default_factory=lambda: (Expert(),))
 
     # -- the heavy parts, imported on first use --------------------------------------------------

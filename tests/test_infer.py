@@ -26,6 +26,7 @@ import media
 from config.loader import load_config
 from datasets.job import load_job
 from datasets.samples import to_tensor
+from media.viewing import LABEL_HEIGHT, label_band
 from models.wan.spec import NEGATIVE_PROMPT as WAN_NEGATIVE_PROMPT
 
 REPO = Path(__file__).resolve().parents[1]
@@ -224,7 +225,11 @@ def test_cli_outputs_same_seed_and_replay(job, tmp_path, tiny_wan_diffusers, cap
     assert len(side["loras"][0]["sha256"]) == 64
     video = media.read_video(tmp_path / "one" / "result.mp4")
     assert video.frames.shape == (T, H, W, 3) and round(video.fps) == 16
-    assert media.read_video(tmp_path / "one" / "side_by_side.mp4").frames.shape == (T, H, 3 * W, 3)
+    # the side-by-side is for viewing: labelled panels, the 32x48 job enlarged 8x (nearest); result.mp4 is not
+    side_by_side = media.read_video(tmp_path / "one" / "side_by_side.mp4").frames
+    assert side_by_side.shape == (T, LABEL_HEIGHT + 8 * H, 3 * 8 * W + 2 * 4, 3)
+    band = side_by_side[0, :LABEL_HEIGHT, :8 * W].astype(int)
+    assert np.abs(band - label_band(8 * W, "source")).mean() < 12  # the label (through the video codec)
     first = read_pngs(tmp_path / "f1")
     assert first.shape == (T, H, W, 3)
     run_infer(*cfg, "--out", str(tmp_path / "two"), "--frames-dir", str(tmp_path / "f2"))
@@ -241,18 +246,17 @@ def test_cli_outputs_same_seed_and_replay(job, tmp_path, tiny_wan_diffusers, cap
     assert "changed since" in capsys.readouterr().err
 
 
-def test_composite_keeps_source_pixels_exactly(job, tmp_path):
-    from masks.morphology import dilate
-
-    run_infer("--config", str(job / "edit.toml"), "--no-lora", "--composite", "--feather", "2",
+def test_composite_keeps_every_kept_pixel_exactly_with_the_default_feather(job, tmp_path):
+    """The feather ramps inward only: no kept pixel, however close to the mask, differs from the source."""
+    run_infer("--config", str(job / "edit.toml"), "--no-lora", "--composite",
               "--out", str(tmp_path / "out"), "--frames-dir", str(tmp_path / "frames"), "--no-side-by-side")
     frames = read_pngs(tmp_path / "frames")
     j = load_job(load_config(job / "edit.toml"))
     background = j.frames.copy()
     background[0] = j.edited_first
-    far = ~dilate(j.edit_mask, 5)  # beyond the blur kernel (half-width 3 for radius 2; 3 * sqrt(2) < 5)
-    far[0] = True  # loraedit keeps frame 0 whole: the edited frame
-    assert np.array_equal(frames[far], background[far])
+    kept = ~j.edit_mask
+    kept[0] = True  # loraedit keeps frame 0 whole: the edited frame
+    assert np.array_equal(frames[kept], background[kept])
     assert np.abs(frames[j.edit_mask].astype(int) - background[j.edit_mask]).mean() > 5  # the region is generated
     assert (tmp_path / "out" / "generated.mp4").exists()
 

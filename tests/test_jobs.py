@@ -190,6 +190,8 @@ def test_progress_lines_in_logs_and_quiet(entry, phase, job, trained, tmp_path):
     assert shown.returncode == 0, shown.stderr[-3000:]
     lines = [x for x in shown.stderr.splitlines() if x.startswith(f"{phase}: ")]
     assert lines and "\r" not in shown.stderr, shown.stderr[-2000:]
+    # no bar redraws piled into one line (tqdm wrote 25,000 characters): every line is one a person can read
+    assert max(len(x) for x in shown.stderr.splitlines()) <= 300, max(shown.stderr.splitlines(), key=len)[:500]
     quiet = _cli(job, trained, entry, tmp_path / "quiet", quiet=True)
     assert quiet.returncode == 0, quiet.stderr[-3000:]
     assert not [x for x in quiet.stderr.splitlines() if x.startswith(f"{phase}: ")], quiet.stderr[-2000:]

@@ -163,6 +163,18 @@ def test_dilate_erode_bboxes_feather():
     assert np.all(np.diff(row) <= 1e-6) and 0.1 < row[8] < 0.9  # soft, monotone edge
 
 
+
+def test_inward_feather_is_zero_on_every_kept_pixel_and_ramps_inside():
+    m = np.zeros((1, 41, 41), bool)
+    m[0, 10:31, 10:31] = True
+    f = morphology.feather_inward(m, 8)
+    assert f.shape == m.shape and f.dtype == np.float32
+    assert np.all(f[~m] == 0.0)  # kept pixels: exactly 0, right up to the edge
+    row = f[0, 20, 10:21]  # from the edge to the centre
+    assert 0 < row[0] < 0.2 and row[-1] == 1.0 and np.all(np.diff(row) >= 0)
+    assert np.array_equal(morphology.feather_inward(m, 0), m.astype(np.float32))
+    assert (morphology.feather(m, 8)[~m] > 0.01).any()  # the two-sided blur does reach kept pixels
+
 PRESET_TABLE = {  # preset: (frame 0, later frames) as "all"/"none"/"outside"
     "i2v": ("all", "none"), "none": ("none", "none"), "all": ("all", "all"),
     "selective": ("outside", "outside"), "loraedit": ("all", "outside"),

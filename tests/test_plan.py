@@ -184,3 +184,19 @@ def test_parsers():
     assert (gpu.name, gpu.bf16_tflops, gpu.memory_gib) == ("MI300X", 1307.0, 192.0)
     with pytest.raises(UserError, match="NAME=TFLOPS"):
         parse_gpu("fast")
+
+
+def test_example_edit_toml_fits_one_24gb_gpu_to_train_and_to_sample():
+    """examples/edit.toml says it is for one 24 GB GPU: the planner agrees, for training and for sampling."""
+    from config.loader import load_config
+    from engine.plan.advice import CONTEXT
+    from engine.plan.model import resolve_model
+    from engine.plan.report import job_size, plan_training
+    from engine.plan.steps import trace_sampling_step
+
+    cfg = load_config(REPO / "examples" / "edit.toml", check_paths=False)
+    spec = resolve_model(cfg, None)
+    train = plan_training(cfg, spec, composed=True)
+    assert train.memory.total + CONTEXT <= 24 * 2**30, train.memory.total / 2**30
+    sample = trace_sampling_step(spec, cfg, *job_size(cfg, spec))
+    assert sample.peak + CONTEXT <= 24 * 2**30, sample.peak / 2**30

@@ -31,8 +31,9 @@ SW, SH, SRC_FPS, N_SRC = 200, 120, 30, 45  # source clip: 1.5 s
 JOB_W, JOB_H, JOB_FRAMES = 192, 112, 17
 
 
-def render(n: int = N_SRC, speed: float = 3.0, flat: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """A textured ellipse moving over a textured background (or a flat yellow one over a gradient)."""
+def render(n: int = N_SRC, speed: float = 3.0, flat: bool = False, swing: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """A textured ellipse moving over a textured background (or a flat yellow one over a gradient); `swing` > 0:
+    swinging left and right instead, 60 px either side of the middle, a full swing every `swing` frames."""
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:SH, 0:SW]
     if flat:
@@ -45,6 +46,8 @@ def render(n: int = N_SRC, speed: float = 3.0, flat: bool = False) -> tuple[np.n
     frames, masks = [], []
     for i in range(n):
         cx, cy = 40 + speed * i, 55 + 12 * np.sin(i / 8)
+        if swing:
+            cx = SW / 2 + 60 * np.sin(2 * np.pi * i / swing)
         m = ((xx - cx) / 26) ** 2 + ((yy - cy) / 20) ** 2 <= 1
         f = bg.copy()
         if flat:
@@ -120,7 +123,7 @@ def test_auto_mask_tracks_with_and_without_colour_refinement(refine):
     idx = (np.arange(21) * SRC_FPS / 16 + 1e-6).astype(int)  # 21 job frames: 1.3 s, 35 px of motion
     fit = media.fit_params(SW, SH, JOB_W, JOB_H)
     edited = media.apply_fit(recolor(frames[0], masks[0])[None], fit)[0]
-    got = auto_mask(media.apply_fit(frames[idx], fit), edited, AutoMaskSettings(refine=refine))
+    got = auto_mask(media.apply_fit(frames[idx], fit), edited, AutoMaskSettings(refine=refine)).masks
     truth = job_truth(masks, 21, 16, (JOB_W, JOB_H))
     assert min((a & b).sum() / (a | b).sum() for a, b in zip(got, truth)) > 0.8
 
@@ -481,3 +484,96 @@ def test_train_runs_on_a_prepared_job(clip, tmp_path, tiny_wan_diffusers):
     (run,) = (tmp_path / "job" / "runs" / "job").iterdir()  # runs/ inside the job: output_dir is job-relative
     stages = [json.loads(line)["stage"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert stages == ["stage1", "stage1", "stage2"] and (run / "lora.safetensors").is_file()
+
+
+# ------------------------------------------------------------------ issue 22: tracking, guard, warnings
+
+
+def test_auto_mask_tracks_at_the_source_rate_when_the_job_rate_is_low(tmp_path):
+    """A shape swinging 60 px either side: at the job's 4 fps it jumps up to 100 px between job frames (too far to
+    follow), at the source's 30 fps at most 19 px. The job's masks must hold all the way."""
+    frames, masks = render(n=45, swing=20)
+    media.write_video(tmp_path / "swing.mp4", frames, SRC_FPS, crf=12)
+    Image.fromarray(recolor(frames[0], masks[0])).save(tmp_path / "edited.png")
+    clip = {"video": tmp_path / "swing.mp4", "edited": tmp_path / "edited.png"}
+    res = prepare_job(request(clip, tmp_path / "job", fps=4, frames=5))
+    assert res.meta["masks"]["tracking"]["source_frames"] == 31  # 0 .. 1 s at 30 fps, all of them tracked
+    got = load_job(load_config(tmp_path / "job" / "edit.toml")).edit_mask
+    truth = job_truth(masks, 5, 4, (JOB_W, JOB_H))
+    ious = [(a & b).sum() / (a | b).sum() for a, b in zip(got, truth)]
+    assert min(ious) > 0.8, np.round(ious, 3)
+
+
+def _flash_clip() -> tuple[np.ndarray, np.ndarray]:
+    """A yellow ellipse moving right over texture, invisible in frame 5 (a flash, a passing occluder)."""
+    rng = np.random.default_rng(0)
+    bg = cv2.GaussianBlur(rng.integers(0, 256, (96, 160, 3)).astype(np.float32), (0, 0), 2.0)
+    bg = cv2.normalize(bg, None, 30, 220, cv2.NORM_MINMAX).astype(np.uint8)
+    yy, xx = np.mgrid[0:96, 0:160]
+    masks = np.stack([((xx - 40 - 4 * i) / 22) ** 2 + ((yy - 48) / 16) ** 2 <= 1 for i in range(12)])
+    frames = np.repeat(bg[None], 12, axis=0)
+    for i in range(12):
+        if i != 5:
+            frames[i][masks[i]] = (230, 200, 40)
+    return frames, masks
+
+
+def test_the_guard_keeps_an_object_that_vanishes_for_a_frame():
+    from masks.auto import propagate_mask
+
+    frames, masks = _flash_clip()
+    run = propagate_mask(frames, masks[0])
+    ious = [(a & b).sum() / (a | b).sum() for a, b in zip(run.masks, masks)]
+    assert min(ious) > 0.9 and 5 in run.guarded, (np.round(ious, 2), run.guarded)
+    unguarded = propagate_mask(frames, masks[0], AutoMaskSettings(keep_area=0.0, max_colour_change=1.0))
+    assert unguarded.masks[-1].sum() < 0.7 * masks[-1].sum() or not (unguarded.masks[-1] & masks[-1]).any()
+
+
+def test_a_sharp_coverage_drop_is_a_warning(clip, tmp_path):
+    frames, masks = render(speed=7.0)  # leaves the picture on the right after about 0.9 s
+    media.write_video(tmp_path / "fast.mp4", frames, SRC_FPS, crf=12)
+    Image.fromarray(recolor(frames[0], masks[0])).save(tmp_path / "edited.png")
+    res = prepare_job(request({"video": tmp_path / "fast.mp4", "edited": tmp_path / "edited.png"}, tmp_path / "job"))
+    assert any("--auto-mask: the tracked region shrinks to under half its frame-0 area" in w for w in res.warnings)
+
+
+def test_a_clean_job_has_no_warnings(auto_job):
+    assert auto_job[1].warnings == []
+
+
+def test_repeated_frames_are_a_warning(clip, tmp_path):
+    res = prepare_job(request(clip, tmp_path / "job", fps=60))  # a 30 fps source at 60 fps: every frame twice
+    assert any("the job's 17 frames show only 9 different source frames (the source has 30 fps, the job 60 fps)"
+               in w for w in res.warnings), res.warnings
+
+
+@pytest.mark.parametrize("size, words", [((384, 224), "enlarges it 1.9x"), ((112, 112), "crops 40% of the picture")])
+def test_a_fit_that_enlarges_or_crops_a_lot_is_a_warning(clip, tmp_path, size, words):
+    res = prepare_job(request(clip, tmp_path / "job", size=size, frames=5))
+    assert any(words in w for w in res.warnings), res.warnings
+
+
+def test_an_edited_frame_from_another_moment_is_a_warning(tmp_path):
+    """A panning clip; the edited frame was exported from 0.5 s in (frame 15), not from the window's start."""
+    rng = np.random.default_rng(1)
+    world = cv2.GaussianBlur(rng.integers(0, 256, (80, 240, 3)).astype(np.float32), (0, 0), 1.5)
+    world = cv2.normalize(world, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    frames = np.stack([world[:, 3 * i:3 * i + 120] for i in range(30)])
+    media.write_video(tmp_path / "pan.mp4", frames, SRC_FPS, crf=10)
+    (tmp_path / "mask").mkdir()
+    box = np.zeros((80, 120), np.uint8)
+    box[20:50, 40:70] = 255
+    Image.fromarray(box).save(tmp_path / "mask" / "0.png")
+    edited = frames[15].copy()
+    edited[20:50, 40:70] = (0, 0, 255)
+    Image.fromarray(edited).save(tmp_path / "edited.png")
+    base = dict(video=tmp_path / "pan.mp4", mask=tmp_path / "mask" / "0.png", frames=9, size=(96, 64),
+                caption="a wall", progress=False, preview=False)
+    res = prepare_job(PrepareRequest(edited_frame=tmp_path / "edited.png", out=tmp_path / "job", **base))
+    moment = [w for w in res.warnings if "it looks like another moment of the clip" in w]
+    assert moment and "it matches job frame 8 better" in moment[0], res.warnings
+    first = frames[0].copy()
+    first[20:50, 40:70] = (0, 0, 255)
+    Image.fromarray(first).save(tmp_path / "edited0.png")
+    res = prepare_job(PrepareRequest(edited_frame=tmp_path / "edited0.png", out=tmp_path / "job0", **base))
+    assert not [w for w in res.warnings if "another moment" in w], res.warnings

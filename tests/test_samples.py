@@ -26,6 +26,7 @@ from datasets.samples import (
     video_sample,
     with_fill,
 )
+from media.viewing import LABEL_HEIGHT, label_band
 
 REPO = Path(__file__).resolve().parents[1]
 rng = np.random.default_rng(0)
@@ -265,9 +266,12 @@ def test_preview_command_writes_videos_sheet_and_summary(job_dir):
         for f in e["files"].values():
             assert (out / f).stat().st_size > 0
     cond = media.read_video(out / "video_condition.mp4")
-    assert cond.frames.shape == (9, 64, 96, 3) and round(cond.fps) == 16
+    assert cond.frames.shape == (9, 256, 384, 3) and round(cond.fps) == 16  # a 96x64 job, enlarged 4x to view
     sheet = Image.open(out / "video_sheet.png")
-    assert sheet.format == "PNG" and sheet.size[1] > 0
+    # every one of the 9 frames, in labelled rows (condition, mask, target) under labelled frames
+    assert sheet.format == "PNG" and sheet.size == (9 * 162 - 2, 3 * (2 * LABEL_HEIGHT + 107) + 2 * 4)
+    rows = np.asarray(sheet)
+    assert np.array_equal(rows[:LABEL_HEIGHT], label_band(sheet.size[0], "condition (all frames)"))
     assert "preview: 9 frames 96x64" in proc.stdout
 
 

@@ -171,7 +171,7 @@ def summary(req: PrepareRequest, res: PrepareResult) -> str:
     ]
     checks = []
     if req.preview:
-        checks.append(f"{res.out / PREVIEW}/*_sheet.png and *_mask.mp4: the red region must cover all that may "
+        checks.append(f"{res.out / PREVIEW}/*_sheet.png and *_mask.mp4: the outlined region must cover all that may "
                       f"change, in every frame, with a little margin")
         checks.append(f"{res.out / PREVIEW / 'inference_sheet.png'}: the first frame is your edit")
     empty = [i for i, c in enumerate(masks["coverage"]) if c == 0]

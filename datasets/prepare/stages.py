@@ -21,6 +21,7 @@ import warnings
 from dataclasses import asdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 import media
@@ -33,7 +34,7 @@ from datasets.prepare.captions import resolve_captions
 from datasets.prepare.folder import JobFolder, digest, swap_in, temp_sibling, write_atomic, write_png, write_png_folder
 from datasets.prepare.request import PrepareRequest
 from datasets.preview import write_preview
-from masks.auto import ALGORITHM_VERSION, auto_mask, difference_map, difference_mask
+from masks.auto import ALGORITHM_VERSION, auto_mask, coverage_drop, difference_map, difference_mask
 from masks.io import read_mask
 from media import FitParams, MediaError
 from models.registry import family
@@ -43,6 +44,10 @@ CAPTIONS, CONFIG, PREVIEW = "captions.json", "edit.toml", "preview"
 STAGES = ("source", "edited", "reference", "masks", "captions", "config", "preview")  # in the order they run
 _TIME_NAME = re.compile(r"^t=(\d+(?:\.\d+)?)s?$")
 _INDEX_NAME = re.compile(r"(\d+)$")
+# The edited frame's kept region differs from frame 0's by more than this (mean, of full scale): another moment.
+MOMENT_DIFFERENCE = 0.06
+UPSAMPLE_WARN = 1.5  # the fit enlarges the source more than this: the model sees invented detail
+CROP_WARN = 0.25  # the crop drops more than this share of the (resized) source picture
 
 
 def fit_from(meta: dict) -> FitParams:
@@ -154,7 +159,27 @@ class JobStages(JobFolder):
             self._frames = frames
             return meta
 
-        return key, self.stage("source", key, (SOURCE,), build)
+        meta = self.stage("source", key, (SOURCE,), build)
+        self.warn_source(meta)
+        return key, meta
+
+    def warn_source(self, meta: dict) -> None:
+        """Frames that repeat, and a fit that enlarges a lot or crops a large share: each is a warning."""
+        r, times = self.req, meta["source_times"]
+        distinct = len(set(times))
+        if distinct < len(times):
+            why = (f"the source has {meta['source_fps']:.4g} fps, the job {r.fps:g} fps"
+                   if meta["source_fps"] < r.fps - 1e-6 else "the source has few frames there")
+            warnings.warn(f"{r.video}: the job's {len(times)} frames show only {distinct} different source frames "
+                          f"({why}): repeated frames teach the model a stutter; use --fps {meta['source_fps']:.4g} or "
+                          f"fewer --frames", stacklevel=2)
+        (sw, sh), (rw, rh), (w, h) = meta["source_size"], meta["fit"]["resized"], meta["size"]
+        if rw / sw > UPSAMPLE_WARN:
+            warnings.warn(f"{r.video}: fitting {sw}x{sh} to {w}x{h} enlarges it {rw / sw:.1f}x: the model sees blurred "
+                          f"detail; a smaller --size keeps the clip sharper", stacklevel=2)
+        if meta["fit"]["mode"] == "crop" and 1 - w * h / (rw * rh) > CROP_WARN:
+            warnings.warn(f"{r.video}: fitting {sw}x{sh} to {w}x{h} crops {1 - w * h / (rw * rh):.0%} of the picture "
+                          f"away; a --size with the source's shape or --resize-mode pad keeps it", stacklevel=2)
 
     def run_edited(self, src_key: str, fit: FitParams) -> str:
         fp = self.fp(self.req.edited_frame)
@@ -232,17 +257,90 @@ class JobStages(JobFolder):
                     mask = read_mask(r.mask, np.asarray(src["source_times"]), fps=src["source_fps"], fit=fit,
                                      threshold=r.mask_threshold)
             elif kind == "auto":
+                with self.timed("decode"):
+                    dense, picks = self.source_rate_frames(src, fit)
                 with self.timed("flow"):
-                    mask = auto_mask(self.frames(), self.edited(), r.auto, progress=self.progress)
+                    run = auto_mask(dense, self.edited(), r.auto, progress=self.progress, picks=picks)
+                mask = run.masks
+                # Job frames at or after each guarded source frame: the first is where to look in the preview.
+                guarded = sorted({int(np.searchsorted(picks, g + picks[0])) for g in run.guarded})
+                tracking = {"source_frames": picks[-1] - picks[0] + 1, "guarded_job_frames": guarded,
+                            "coverage_drop": coverage_drop(mask)}
             else:
                 mask = self.sam2_mask(src)
             with self.timed("write"):
                 white = np.repeat(mask[..., None], 3, axis=-1).astype(np.uint8) * 255
                 media.write_png_sequence(self.out / MASKS, white)
-            return {"kind": kind, "coverage": [round(float(c), 4) for c in mask.reshape(len(mask), -1).mean(1)]}
+            return {"kind": kind, "coverage": [round(float(c), 4) for c in mask.reshape(len(mask), -1).mean(1)],
+                    **({"tracking": tracking} if kind == "auto" else {})}
 
-        self.stage("masks", key, (MASKS,), build)
+        meta = self.stage("masks", key, (MASKS,), build)
+        self.warn_masks(meta)
+        if {"edited", "masks"} & set(self.ran):  # checked when either changed (a no-op run has warned before)
+            self.warn_moment(self.moment_check(media.read_image(self.out / MASKS / "00000.png")[..., 0] > 127))
         return key
+
+    def source_rate_frames(self, src: dict, fit: FitParams) -> tuple[np.ndarray, list[int]]:
+        """Every source frame the job's window spans, fitted to the job's size, and each job frame's index among
+        them: --auto-mask tracks through all of them (between frames resampled to a low job rate the object
+        moves too far to follow)."""
+        times, path = np.asarray(src["source_times"]), self.req.video
+        if path.is_dir():
+            files = media.list_image_files(path)
+            first, last = (round(float(t) * src["source_fps"]) for t in (times[0], times[-1]))
+            stamps = np.arange(first, last + 1) / src["source_fps"]
+            dense = np.stack([media.apply_fit([media.read_image(files[i])], fit)[0] for i in range(first, last + 1)])
+        else:
+            clip = media.read_video_span(path, float(times[0]), float(times[-1]),
+                                         lambda f: media.apply_fit([f], fit)[0])
+            dense, stamps = clip.frames, clip.timestamps
+        picks = [int(np.argmin(np.abs(stamps - t))) for t in times]
+        if np.abs(stamps[picks] - times).max() > 0.5 / src["source_fps"] or not np.array_equal(dense[picks[0]],
+                                                                                               self.frames()[0]):
+            return self.frames(), list(range(len(times)))  # the decoders disagree: track the job's frames
+        return dense, picks
+
+    def moment_check(self, edit0: np.ndarray) -> dict:
+        """How far the edited frame is from the job's frames outside frame 0's edit region (mean absolute
+        difference, 0-1) and which job frame it is closest to there: a frame exported from another moment
+        shows up as a kept region that differs, and usually matches a later frame better."""
+        near = cv2.dilate(edit0.astype(np.uint8), np.ones((9, 9), np.uint8)) > 0  # edges blur into the edit
+        kept = ~near
+        if kept.sum() < 0.05 * kept.size:
+            return {}
+        edited = self.edited().astype(np.float32)
+        step = max(1, len(self.frames()) // 16)  # enough to find the moment; cheap on long jobs
+        diffs = {int(j): float(np.abs(self.frames()[j].astype(np.float32) - edited)[kept].mean() / 255)
+                 for j in range(0, len(self.frames()), step)}
+        best = min(diffs, key=diffs.get)
+        return {"kept_difference": round(diffs[0], 4), "closest_frame": best,
+                "closest_difference": round(diffs[best], 4)}
+
+    def warn_masks(self, meta: dict) -> None:
+        tracking = meta.get("tracking")
+        if tracking and tracking["coverage_drop"]:
+            lost, cov = tracking["coverage_drop"], meta["coverage"]
+            low = min(lost, key=lambda j: cov[j])
+            warnings.warn(f"--auto-mask: the tracked region shrinks to under half its frame-0 area in {len(lost)} "
+                          f"job frame(s) from frame {lost[0]} (coverage {cov[0]:.1%} at frame 0, {cov[low]:.1%} at "
+                          f"frame {low}): the object may be lost there and the original would show in the kept region; "
+                          f"check preview/, or pass --mask", stacklevel=2)
+        if tracking and tracking["guarded_job_frames"]:
+            g = tracking["guarded_job_frames"]
+            near = ", ".join(map(str, g[:5])) + (" ..." if len(g) > 5 else "")
+            warnings.warn(f"--auto-mask: the tracked region shrank sharply between source frames near job frame(s) "
+                          f"{near}; the previous region, moved with the object, was kept there: check preview/",
+                          stacklevel=2)
+
+    def warn_moment(self, meta: dict) -> None:
+        if "kept_difference" in meta and meta["kept_difference"] > MOMENT_DIFFERENCE:
+            other = meta["closest_frame"]
+            hint = (f"; it matches job frame {other} better ({meta['closest_difference']:.3f})" if other
+                    and meta["closest_difference"] < 0.7 * meta["kept_difference"] else "")
+            warnings.warn(f"{self.req.edited_frame}: outside the edit region it differs from the job's frame 0 by "
+                          f"{meta['kept_difference']:.3f} of full scale on average{hint}: it looks like another moment "
+                          f"of the clip (check --start) or a changed whole picture (exposure, crop, filter)",
+                          stacklevel=2)
 
     def sam2_mask(self, src: dict) -> np.ndarray:
         from masks.sam2 import Sam2Prompt, track

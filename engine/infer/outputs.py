@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 import media
-from datasets.preview import overlay
-from masks.morphology import feather
+from masks.morphology import feather_inward
+from media.viewing import enlarge, labelled_panels, outlined_overlay, view_scale
 
 _PNG_NAME = re.compile(r"^\d+\.png$")
 
@@ -44,20 +44,25 @@ def frames_digest(frames: np.ndarray) -> str:
 def composite(result: np.ndarray, background: np.ndarray, generate: np.ndarray, radius: float) -> np.ndarray:
     """Paste `background` (the kept pixels) back over `result` with a feathered mask.
 
-    result/background uint8 [T, H, W, 3], generate bool [T, H, W] (True = generated). The soft mask is 0
-    beyond ~1.5 * radius from the generated region, so kept pixels that far from it are exactly the
-    background's; radius 0 is a hard paste.
+    result/background uint8 [T, H, W, 3], generate bool [T, H, W] (True = generated). The feather ramps inward
+    only (over `radius` pixels inside the generated region), so every kept pixel is exactly the background's;
+    radius 0 is a hard paste.
     """
     if result.shape != background.shape or generate.shape != result.shape[:3]:
         raise ValueError(f"composite: shapes differ {result.shape} {background.shape} {generate.shape}")
-    alpha = feather(generate, radius)[..., None]
+    alpha = feather_inward(generate, radius)[..., None]
     mixed = background.astype(np.float32) * (1.0 - alpha) + result.astype(np.float32) * alpha
     return np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
 
 
 def side_by_side(source: np.ndarray, result: np.ndarray, generate: np.ndarray) -> np.ndarray:
-    """source | result | source with the generated region tinted red, as one wide video."""
-    return np.concatenate([source, result, overlay(source, generate)], axis=2)
+    """source | result | where it may change (a tint and outline in a colour that contrasts with the region), as
+    one wide video for viewing: each panel labelled, small jobs enlarged (nearest; a 32x32 job becomes 256x256
+    per panel). result.mp4 itself stays at the job's size."""
+    k = view_scale(*source.shape[1:3])  # enlarged here, so the outline is drawn at the viewing size (thin)
+    big = enlarge(source, k)
+    shown = outlined_overlay(big, enlarge(generate[..., None], k)[..., 0])
+    return labelled_panels([("source", big), ("result", enlarge(result, k)), ("may change", shown)])
 
 
 class Staging:

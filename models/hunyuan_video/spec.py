@@ -19,6 +19,7 @@ SPEC = FamilySpec(
     name="hunyuan_video", title="HunyuanVideo-I2V (33-channel)",
     adapter="models.hunyuan_video.adapter:HunyuanVideoAdapter", lora_formats="models.hunyuan_video.lora_formats",
     plan="models.hunyuan_video.plan:PLAN", tiny="models.hunyuan_video.tiny:build_tiny_hunyuan",
+    tiny_command="python -m tools.make_tiny_hunyuan --layout diffusers --out OUT",
     detect=release_detector("HunyuanVideo", ORIGINAL_MODEL_DIR),
     layouts=("diffusers", "original", "single-file"), default_size=(624, 368), default_fps=24.0, scheduler="euler",
     scheduler_config=SCHEDULER, negative_prompt=NEGATIVE_PROMPT,

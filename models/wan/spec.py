@@ -27,6 +27,7 @@ SPEC = FamilySpec(
     name="wan", title="Wan2.1-I2V",
     adapter="models.wan.adapter:WanAdapter", lora_formats="models.wan.lora_formats", plan="models.wan.plan:PLAN",
     tiny="models.wan.tiny:build_tiny_wan",
+    tiny_command="python -m tools.make_tiny_model --family wan-i2v --layout diffusers --out OUT",
     detect=release_detector("Wan", ORIGINAL_VAE), layouts=("diffusers", "original", "single-file"),
     default_size=(832, 480), default_fps=16.0, scheduler="unipc", scheduler_config=SCHEDULER,
     negative_prompt=NEGATIVE_PROMPT,
