@@ -263,12 +263,16 @@ def write_report(report: dict, out: Path) -> str:
     return table
 
 
-def parse_range(text: str) -> range:
-    a, sep, b = text.partition(":")
-    try:
-        return range(int(a), int(b)) if sep else range(int(a), int(a) + 1)
-    except ValueError:
-        raise SystemExit(f"--seeds wants A:B (world seeds A..B-1), got {text!r}") from None
+def parse_range(text: str) -> list[int]:
+    """`A:B` (world seeds A..B-1), or a comma-separated list of seeds and ranges."""
+    seeds = []
+    for part in text.split(","):
+        a, sep, b = part.strip().partition(":")
+        try:
+            seeds += range(int(a), int(b)) if sep else [int(a)]
+        except ValueError:
+            raise SystemExit(f"--seeds wants A:B (world seeds A..B-1) or a list like A,B,C:D; got {text!r}") from None
+    return seeds
 
 
 def load_rows(work: Path) -> dict[tuple, dict]:
@@ -283,7 +287,8 @@ def load_rows(work: Path) -> dict[tuple, dict]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="1000000:1000015", help="world seeds A:B of the held-out clips (B excluded)")
+    ap.add_argument("--seeds", default="1000000:1000012",
+                    help="world seeds A:B of the held-out clips (B excluded), or a list: A,B,C:D")
     ap.add_argument("--edits", default=",".join(world.EDIT_KINDS), help="edit kinds, one per clip in turn")
     ap.add_argument("--runs", type=int, default=2, help="training/sampling seeds per clip (0..N-1)")
     ap.add_argument("--variants", default=",".join(BY_NAME), help="comma-separated, from: " + ", ".join(BY_NAME))

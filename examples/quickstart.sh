@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The whole method on CPU in a few minutes, on the pretrained toy model (examples/toy/model: a tiny
 # Wan2.1-I2V trained on the synthetic world of examples/toy/world.py, see examples/toy/MODEL_CARD.md):
-#   prepare.py -> train.py (stage 1 + stage 2) -> infer.py -> evaluate.py
+#   prepare.py -> train.py (stage 1 + stage 2) -> infer.py (with and without the LoRA) -> evaluate.py
 # The example: a red disc moving down over a gradient (9 frames, 32x32, a held-out clip the model never
-# saw); its first frame recolored cyan. The gradient is kept and the disc follows its own motion.
+# saw); its first frame recolored cyan. A recolor, so it trains with the remedy README "Toy-scale proof"
+# measured for appearance edits (appearance augmentation + the edited first frame as a sample); the result
+# and the base model without the LoRA are scored against the exact ground truth and shown side by side.
 # Settings (environment): QUICKSTART_OUT (default runs/quickstart), QUICKSTART_STEPS (stage-1 steps,
 # default 100), QUICKSTART_INFER_STEPS (denoising steps, default 20), QUICKSTART_MODEL (default the toy model).
 set -euo pipefail
