@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import os
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import tomli_w
@@ -117,6 +117,7 @@ def _check_inputs_exist(obj: Any, origin: str, overridden: set[str], prefix: str
 def _check_consistency(cfg: Config, origin: str) -> None:
     """Rules that involve more than one key or a rule a range cannot express."""
     d, t = cfg.data, cfg.training
+    _check_run_name(cfg.name, origin)
     if (d.frames - 1) % 4:
         lo = (d.frames - 1) // 4 * 4 + 1
         raise ConfigError(f"{origin}: data.frames = {d.frames} is not 4k+1 (the VAE needs it); use {lo} or {lo + 4}")
@@ -134,6 +135,22 @@ def _check_consistency(cfg: Config, origin: str) -> None:
         raise ConfigError(f"{origin}: training.clip_frames = {t.clip_frames} is not 4k+1")
     if t.low_cost and t.clip_overlap >= t.clip_frames:
         raise ConfigError(f"{origin}: training.clip_overlap must be below training.clip_frames")
+
+
+def _check_run_name(name: str, origin: str) -> None:
+    """The run folder is output_dir/name/<timestamp>/: a name must stay inside output_dir (no absolute path, no
+    '..' part), or a run (and --resume's search) would write or read somewhere else on the disk."""
+    parts = name.replace("\\", "/").split("/")
+    if not name.strip() or Path(name).is_absolute() or PureWindowsPath(name).drive or name.startswith(("/", "\\")):
+        why = "is empty" if not name.strip() else "is an absolute path"
+    elif ".." in parts:
+        why = "contains '..'"
+    elif any(p in ("", ".") for p in parts):
+        why = "has an empty or '.' part"
+    else:
+        return
+    raise ConfigError(f"{origin}: name = {name!r} {why}; a run name must stay inside output_dir "
+                      "(e.g. name = 'jacket' or 'tests/jacket')")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

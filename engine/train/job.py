@@ -139,11 +139,14 @@ def run_training(cfg: Config, resume: str | None = None, resume_requested: bool 
     trainer = Trainer(cfg, dist, adapter, transformers, stages, run_dir, save)
     if tag:
         trainer.load_checkpoint(run_dir.checkpoints, tag)
+        if dist.is_main:
+            run_dir.trim_metrics(trainer.step)
     writer = None
     if dist.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir.tensorboard))
+        # purge_step: TensorBoard hides the events a killed run logged after its checkpoint (they are redone)
+        writer = SummaryWriter(str(run_dir.tensorboard), purge_step=trainer.step + 1 if tag else None)
     try:
         result = trainer.run(progress, writer, stop)
     finally:
