@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from config.atomic import atomic_path, write_atomic
@@ -156,6 +156,37 @@ def read_run_state(folder: Path) -> dict:
     info = read_json(folder / "state.json", folder)
     if info.get("format") != FORMAT:
         raise CheckpointError(f"{folder / 'state.json'}: format {info.get('format')!r}, expected {FORMAT!r}")
+    return info
+
+
+def list_files(folder: Path) -> list[str]:
+    """The checkpoint's files (relative), as state.json records them for `verify`."""
+    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                  if p.is_file() and not p.name.startswith(".") and p.name != "state.json")
+
+
+def verify(folder: Path) -> dict:
+    """Check a checkpoint before any heavy work: state.json, and every file it lists present and readable as JSON
+    or a safetensors header. Returns the run state. Nothing else in the folder is opened."""
+    info = read_run_state(folder)
+    files = info.get("files")
+    if not isinstance(files, list) or not files:
+        raise CheckpointError(f"{folder / 'state.json'}: lists no checkpoint files")
+    for name in files:
+        path = folder / str(name)
+        if not isinstance(name, str) or ".." in Path(name).parts or Path(name).is_absolute() or (
+                path.suffix not in (".json", ".safetensors")):
+            raise CheckpointError(f"{folder / 'state.json'}: lists {name!r}, not a checkpoint file name")
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing (the checkpoint is incomplete)")
+        if path.suffix == ".json":
+            read_json(path, folder)
+            continue
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError, ValueError) as e:
+            raise CheckpointError(f"{path}: damaged or not a safetensors file ({e})") from None
     return info
 
 

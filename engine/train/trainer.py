@@ -235,21 +235,41 @@ class Trainer:
         ranks are done - `latest`, so `latest` only ever names a complete checkpoint (engine.train.checkpoint)."""
         tag = ckpt.tag_for(self.step)
         folder = self.run_dir.checkpoints / tag
-        for part in self.parts:
-            engine = part.engine
-            if engine.grid.get_data_parallel_id() == 0:
-                tensors, meta = ckpt.stage_state(engine.module, engine.optimizer, engine.lr_scheduler, engine)
-                ckpt.save_stage(self._expert_folder(folder, part), engine.stage_id, tensors, meta)
-        ckpt.save_rng(folder, self.dist.rank)
-        dist_utils.barrier()
+        error = None
+        try:
+            for part in self.parts:
+                engine = part.engine
+                if engine.grid.get_data_parallel_id() == 0:
+                    tensors, meta = ckpt.stage_state(engine.module, engine.optimizer, engine.lr_scheduler, engine)
+                    ckpt.save_stage(self._expert_folder(folder, part), engine.stage_id, tensors, meta)
+            ckpt.save_rng(folder, self.dist.rank)
+        except OSError as e:
+            error = e
+        self._raise_if_unwritten(error, folder)  # collective: also a barrier
         if self.dist.is_main:
-            ckpt.save_run_state(folder, {"step": self.step, "seed": self.cfg.seed, "experts": self._expert_names(),
-                                         "pipeline_stages": self.cfg.training.pipeline_stages,
-                                         "world_size": self.dist.world_size})
-            ckpt.write_latest(self.run_dir.checkpoints, tag)
-            self.run_dir.prune_checkpoints(keep=2)
-        dist_utils.barrier()
+            try:
+                ckpt.save_run_state(folder, {"files": ckpt.list_files(folder), "step": self.step,
+                                             "seed": self.cfg.seed, "experts": self._expert_names(),
+                                             "pipeline_stages": self.cfg.training.pipeline_stages,
+                                             "world_size": self.dist.world_size})
+                ckpt.write_latest(self.run_dir.checkpoints, tag)
+            except OSError as e:
+                error = e
+            else:
+                self.run_dir.prune_checkpoints(keep=2)
+        self._raise_if_unwritten(error, folder)
         self.saved_step = self.step
+
+    def _raise_if_unwritten(self, error: OSError | None, folder: Path) -> None:
+        """End every rank (a rank alone in a barrier would wait forever) when any could not write the checkpoint."""
+        if not self._agree(error is not None):
+            return
+        kept = self.run_dir.latest_checkpoint_tag() if self.dist.is_main else None
+        config = self.run_dir.path / "config.toml"
+        back = (f"the previous checkpoint {kept} is kept: make room, then continue with: python train.py --config "
+                f"{config} --resume {self.run_dir.path}") if kept else "no checkpoint is kept"
+        why = (error.strerror or error) if error else "failed on another rank"
+        raise UserError(f"could not write checkpoint {folder}: {why}; {back}")
 
     def load_checkpoint(self, checkpoints: Path, tag: str) -> None:
         """Continue from `checkpoints/<tag>`: weights, optimizer, schedule, step and RNG. Reads safetensors and JSON
@@ -376,7 +396,7 @@ class Trainer:
                     error = f"could not write {path}: {e.strerror or e}"
             error = dist_utils.broadcast(error)  # every rank ends, or none: no rank may wait in a barrier alone
             if error and final:
-                config = self.cfg.source or "EDIT.toml"
+                config = self.run_dir.path / "config.toml"  # the run's resolved config, overrides included
                 kept = self.run_dir.checkpoints / ckpt.tag_for(self.step)
                 raise UserError(f"{error}. The finished training is kept in {kept}; "
                                 f"make room, then write the LoRA (no training) with: python train.py --config {config} "
