@@ -22,6 +22,9 @@ from config.errors import ConfigError
 from config.schema import Config
 from models.registry import family
 
+# The marker prepare.py keeps in a new job folder until the job is complete (datasets.prepare.job).
+PREPARE_INCOMPLETE = "PREPARE_INCOMPLETE.txt"
+
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
 
 
@@ -175,6 +178,10 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = (), c
         try:
             table = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            if (path.parent / PREPARE_INCOMPLETE).is_file():
+                raise ConfigError(f"config file '{path}' does not exist: prepare.py did not finish this job (see "
+                                  f"{path.parent / PREPARE_INCOMPLETE}); run the same prepare.py command again to "
+                                  "finish it") from None
             raise ConfigError(f"config file '{path}' does not exist") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read config file '{path}': {e}") from None
