@@ -481,3 +481,21 @@ def test_train_runs_on_a_prepared_job(clip, tmp_path, tiny_wan_diffusers):
     (run,) = (tmp_path / "job" / "runs" / "job").iterdir()  # runs/ inside the job: output_dir is job-relative
     stages = [json.loads(line)["stage"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert stages == ["stage1", "stage1", "stage2"] and (run / "lora.safetensors").is_file()
+
+
+def test_a_failed_new_job_says_it_is_incomplete_and_the_next_run_finishes_it(clip, tmp_path):
+    from config.errors import ConfigError
+    from config.loader import PREPARE_INCOMPLETE
+
+    out = tmp_path / "job"
+    with pytest.raises(UserError, match="squashed.png"):  # fails after the clip was decoded
+        prepare_job(request(clip, out, edited_frame=clip["root"] / "squashed.png"))
+    marker = out / PREPARE_INCOMPLETE
+    assert not (out / "edit.toml").exists() and (out / "source").is_dir()
+    assert "has not finished" in marker.read_text() and "squashed.png" in marker.read_text()
+    with pytest.raises(ConfigError, match="prepare.py did not finish this job"):  # what train.py/infer.py then say
+        load_config(out / "edit.toml")
+    res = prepare_job(request(clip, out))
+    assert "source" not in res.ran  # the decoded clip is reused
+    assert (out / "edit.toml").is_file() and not marker.exists()
+    load_config(out / "edit.toml")
