@@ -202,3 +202,27 @@ def test_a_truncated_checkpoint_file_is_one_line_naming_it(job, full_run, tmp_pa
     proc = run_train(job, *COMMON, out=str(tmp_path), extra=("--resume", str(run)))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert f"{shard}: damaged or not a safetensors file" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_plain_resume_skips_finished_runs(tmp_path):
+    """Every run now keeps its last checkpoint: plain --resume must still pick the unfinished run, not a newer
+    finished one (whose resume would only rewrite its LoRA)."""
+    from config.errors import UserError
+    from engine.train.run_dir import find_resume
+
+    def run(stamp: str, summary: dict | None) -> Path:
+        folder = tmp_path / "edit" / stamp
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / "latest").write_text("step000004")
+        if summary is not None:
+            (folder / "summary.json").write_text(json.dumps(summary))
+        return folder
+
+    cut = run("20260101-000000", {"interrupted": True})
+    time.sleep(0.05)
+    run("20260101-000001", {"interrupted": False})
+    found, tag = find_resume(tmp_path, "edit", None)
+    assert found.path == cut and tag == "step000004"
+    shutil.rmtree(cut)
+    with pytest.raises(UserError, match="no unfinished run of 'edit'"):
+        find_resume(tmp_path, "edit", None)

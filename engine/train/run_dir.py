@@ -86,7 +86,17 @@ def find_resume(output_dir: str | Path, name: str, given: str | None) -> tuple[R
             raise UserError(f"--resume {given}: no checkpoint there (expected {run.checkpoints}/latest)")
         return run, tag
     runs = sorted((Path(output_dir) / name).glob("*/checkpoints/latest"), key=lambda p: p.stat().st_mtime)
+    # A finished run keeps its last checkpoint too: plain --resume continues an unfinished one (interrupted, or
+    # whose final LoRA could not be written: no summary.json then).
+    runs = [p for p in runs if not _finished(p.parent.parent)]
     if not runs:
-        raise UserError(f"--resume: no run of '{name}' with a checkpoint under {Path(output_dir) / name}")
+        raise UserError(f"--resume: no unfinished run of '{name}' with a checkpoint under {Path(output_dir) / name}")
     run = RunDir(runs[-1].parent.parent)
     return run, run.latest_checkpoint_tag()
+
+
+def _finished(run: Path) -> bool:
+    try:
+        return json.loads((run / "summary.json").read_text()).get("interrupted") is False
+    except (OSError, ValueError, AttributeError):
+        return False
