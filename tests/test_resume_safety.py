@@ -190,6 +190,7 @@ def test_final_lora_write_failure_keeps_the_training_and_says_how_to_write_it(jo
     proc = subprocess.run([sys.executable, *shlex.split(command)], cwd=REPO, capture_output=True, text=True,
                           timeout=900, env={**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"trained {STEPS} steps" in proc.stdout and "nan" not in proc.stdout, proc.stdout
     assert metric_steps(run) == list(range(1, STEPS + 1))  # nothing retrained
     assert_same_lora(full_run / "lora.safetensors", run / "lora.safetensors")
 

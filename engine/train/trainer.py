@@ -350,8 +350,15 @@ class Trainer:
             self.save_checkpoint()  # the finished state is on disk before the LoRA is: a failed write loses nothing
         loras = {} if interrupted else self._save_loras("lora.safetensors", final=True)
         lora_path = next(iter(loras.values()), None)
-        return TrainResult(self.run_dir.path, self.step, losses[-1] if losses else float("nan"), lora_path,
+        return TrainResult(self.run_dir.path, self.step, losses[-1] if losses else self._logged_loss(), lora_path,
                            time.time() - start, losses, interrupted, loras)
+
+    def _logged_loss(self) -> float:
+        """The last loss metrics.jsonl holds (a resume that only writes the final LoRA trains no step itself)."""
+        try:
+            return float(json.loads((self.run_dir.path / "metrics.jsonl").read_text().splitlines()[-1])["loss"])
+        except (OSError, ValueError, IndexError, KeyError, TypeError):
+            return float("nan")
 
     def _schedule(self, part: ExpertRun) -> None:
         """With several experts each engine steps only on its own steps: set its learning rate from the run's
