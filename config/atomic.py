@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from config.errors import UserError
+
 
 def temp_sibling(dest: str | os.PathLike, tag: str = "partial") -> Path:
     """A unique hidden name beside `dest` that keeps its suffix (some writers pick the format from it)."""
@@ -64,3 +66,20 @@ def swap_in(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, dest)
+
+
+def ensure_output_folder(folder: str | os.PathLike, what: str, min_free: int = 64 * 2**20) -> Path:
+    """Create `folder` (with its parents) and check that a file can be written there and `min_free` bytes are free,
+    before a job computes anything: a full disk or a typo in a path fails in one line, not after minutes of work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = temp_sibling(folder / "write-check", "probe")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"{what} '{folder}' cannot be created or written: {e.strerror or e}") from None
+    free = shutil.disk_usage(folder).free
+    if free < min_free:
+        raise UserError(f"{what} '{folder}': only {free / 2**20:.0f} MB free, {min_free / 2**20:.0f} MB needed")
+    return folder

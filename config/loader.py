@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import os
 from collections.abc import Iterable
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any
 
 import tomli_w
@@ -21,6 +21,9 @@ from config.atomic import write_atomic
 from config.errors import ConfigError
 from config.schema import Config
 from models.registry import family
+
+# The marker prepare.py keeps in a new job folder until the job is complete (datasets.prepare.job).
+PREPARE_INCOMPLETE = "PREPARE_INCOMPLETE.txt"
 
 _TYPE_NAMES = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list"}
 
@@ -128,6 +131,7 @@ def _check_inputs_exist(obj: Any, origin: str, overridden: set[str], prefix: str
 def _check_consistency(cfg: Config, origin: str) -> None:
     """Rules that involve more than one key or a rule a range cannot express."""
     d, t = cfg.data, cfg.training
+    _check_run_name(cfg.name, origin)
     if (d.frames - 1) % 4:
         lo = (d.frames - 1) // 4 * 4 + 1
         raise ConfigError(f"{origin}: data.frames = {d.frames} is not 4k+1 (the VAE needs it); use {lo} or {lo + 4}")
@@ -145,6 +149,22 @@ def _check_consistency(cfg: Config, origin: str) -> None:
         raise ConfigError(f"{origin}: training.clip_frames = {t.clip_frames} is not 4k+1")
     if t.low_cost and t.clip_overlap >= t.clip_frames:
         raise ConfigError(f"{origin}: training.clip_overlap must be below training.clip_frames")
+
+
+def _check_run_name(name: str, origin: str) -> None:
+    """The run folder is output_dir/name/<timestamp>/: a name must stay inside output_dir (no absolute path, no
+    '..' part), or a run (and --resume's search) would write or read somewhere else on the disk."""
+    parts = name.replace("\\", "/").split("/")
+    if not name.strip() or Path(name).is_absolute() or PureWindowsPath(name).drive or name.startswith(("/", "\\")):
+        why = "is empty" if not name.strip() else "is an absolute path"
+    elif ".." in parts:
+        why = "contains '..'"
+    elif any(p in ("", ".") for p in parts):
+        why = "has an empty or '.' part"
+    else:
+        return
+    raise ConfigError(f"{origin}: name = {name!r} {why}; a run name must stay inside output_dir "
+                      "(e.g. name = 'jacket' or 'tests/jacket')")
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -169,6 +189,10 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = (), c
         try:
             table = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
+            if (path.parent / PREPARE_INCOMPLETE).is_file():
+                raise ConfigError(f"config file '{path}' does not exist: prepare.py did not finish this job (see "
+                                  f"{path.parent / PREPARE_INCOMPLETE}); run the same prepare.py command again to "
+                                  "finish it") from None
             raise ConfigError(f"config file '{path}' does not exist") from None
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"cannot read config file '{path}': {e}") from None

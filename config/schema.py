@@ -21,6 +21,9 @@ from models.registry import DEFAULT_FAMILY, families, names
 
 MASK_PRESETS = PRESETS  # the paper's conditioning presets (masks.presets)
 DTYPES = ("float32", "bfloat16", "float16")
+# An edit LoRA takes hundreds of steps; a bound far above that catches typos (an extra 000) before a run that
+# would never end, and keeps step numbers inside the 6-digit checkpoint and LoRA file names.
+MAX_STEPS = 1_000_000
 
 
 def _per_family(what: Callable[[FamilySpec], str]) -> str:
@@ -114,8 +117,9 @@ class TrainingConfig:
         "loraedit", "'loraedit': mask-aware LoRA (Sec. 3.3); 'naive': plain I2V LoRA (Sec. 3.1).",
         choices=("loraedit", "naive"),
     )
-    steps: int = opt(100, "Optimizer steps of stage 1 (the video).", min=0)
-    reference_steps: int = opt(100, "Optimizer steps of stage 2 (edited later frames), if any.", min=0)
+    steps: int = opt(100, "Optimizer steps of stage 1 (the video).", min=0, max=MAX_STEPS)
+    reference_steps: int = opt(100, "Optimizer steps of stage 2 (edited later frames), if any.", min=0,
+                               max=MAX_STEPS)
     reference_ratio: float = opt(0.5, "Share of stage-2 samples that are reference frames.", min=0.0, max=1.0)
     first_frame_reference: bool = opt(
         False, "Also train on the edited first frame as a single-frame reference sample in stage 2 (Sec. 3.3.2 "
@@ -154,7 +158,7 @@ class OptimizerConfig:
     weight_decay: float = opt(0.01, "AdamW weight decay.", min=0.0)
     eps: float = opt(1e-8, "AdamW epsilon.", min=0.0)
     lr_scheduler: str = opt("constant", "Schedule after warmup.", choices=("constant", "linear", "cosine"))
-    warmup_steps: int = opt(0, "Linear warmup steps.", min=0)
+    warmup_steps: int = opt(0, "Linear warmup steps.", min=0, max=MAX_STEPS)
 
 
 @dataclass
@@ -180,7 +184,7 @@ class InferenceConfig:
 
 @dataclass
 class Config:
-    name: str = opt("edit", "Run name; outputs go to output_dir/name/<timestamp>/.")
+    name: str = opt("edit", "Run name; outputs go to output_dir/name/<timestamp>/ (a relative path inside output_dir).")
     output_dir: str = opt("runs", "Where runs are written.", path="out")
     seed: int = opt(42, "Random seed for training noise and sampling.", min=0)
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"doc": "The base model."})

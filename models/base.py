@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 import torch.utils.checkpoint
+from safetensors import SafetensorError
 from torch import nn
 
 from models.family import Expert, FamilySpec
@@ -192,7 +193,19 @@ class ModelAdapter(ABC):
     def _get(self, name: str, loader) -> object:
         """Component `name`, loaded by `loader()` on first use."""
         if name not in self.components:
-            self.components[name] = loader()
+            try:
+                self.components[name] = loader()
+            except (SafetensorError, OSError) as e:
+                # diffusers and transformers report a torn weights file with a traceback that (transformers)
+                # does not name it: find the file, and say so in one line
+                from models.loading import WeightsError, damaged_safetensors
+
+                roots = [getattr(self.weights, "root", None), getattr(self.weights, "transformer_file", None)]
+                bad = damaged_safetensors(Path(r) for r in roots if r)
+                if bad is None:
+                    raise
+                raise WeightsError(f"{bad[0]}: truncated or damaged weights file ({bad[1]}); download or copy "
+                                   "it again") from e
         return self.components[name]
 
     def unload(self, *names: str) -> None:

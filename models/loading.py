@@ -27,7 +27,7 @@ try:  # transformers 5 without torchvision: the PIL processor (same config file)
 except ImportError:  # transformers 4
     from transformers import CLIPImageProcessor
 
-__all__ = ["CLIPImageProcessor", "WeightsError", "checked_paths", "files_identity", "keep_fp32",
+__all__ = ["CLIPImageProcessor", "WeightsError", "checked_paths", "damaged_safetensors", "files_identity", "keep_fp32",
            "model_from_state_dict", "quiet_logger"]
 
 
@@ -56,6 +56,23 @@ def checked_paths(ckpt_path: str | Path, transformer_path: str | Path | None) ->
     if transformer_file is not None and not transformer_file.is_file():
         raise WeightsError(f"model.transformer_path '{transformer_file}' is not a file")
     return root, transformer_file
+
+
+def damaged_safetensors(roots: Iterable[Path]) -> tuple[Path, str] | None:
+    """The first `.safetensors` file under `roots` whose header does not open or does not cover the file (a torn
+    download, a truncated copy), with the reason; None when all open. Reads headers only."""
+    from safetensors import SafetensorError, safe_open
+
+    files = [f for r in roots if r.exists() for f in ([r] if r.is_file() else sorted(r.rglob("*.safetensors")))]
+    for f in files:
+        if f.suffix != ".safetensors":
+            continue
+        try:
+            with safe_open(str(f), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            return f, str(e)
+    return None
 
 
 def files_identity(roots: Iterable[Path]) -> str:

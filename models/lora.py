@@ -130,7 +130,10 @@ def _read(transformer: nn.Module, source: str | os.PathLike | Mapping[str, torch
     else:
         peft_sd, alphas, metadata = formats.load_lora(source, expected_base_model=files.base_model)
         label = str(source)
-    formats.check_fits(peft_sd, transformer)  # modules the model does not have, or other shapes: an error
+    try:
+        formats.check_fits(peft_sd, transformer)  # modules the model does not have, or other shapes: an error
+    except LoraFormatError as e:
+        raise e if label in str(e) else type(e)(f"{label}: {e}") from None
     return peft_sd, alphas, metadata, label
 
 
@@ -182,9 +185,11 @@ def load_lora_weights_into(transformer: nn.Module, source: str | os.PathLike | M
                 continue
             la, lb = layer.lora_A[adapter_name].weight, layer.lora_B[adapter_name].weight
             if la.shape != a.shape or lb.shape != b.shape:
+                which, got, want = ("lora_A", a, la) if la.shape != a.shape else ("lora_B", b, lb)
                 raise LoraFormatError(
-                    f"{label}: {name} has rank {a.shape[0]}, the adapter rank {la.shape[0]}; set adapter.rank to "
-                    "the file's rank to start from it")
+                    f"{label}: {name}.{which}.weight has shape {'x'.join(map(str, got.shape))}, this adapter's "
+                    f"{'x'.join(map(str, want.shape))} (the file's rank {a.shape[0]}, adapter.rank {la.shape[0]}); "
+                    "set adapter.rank to the file's rank to start from it")
             # Effective update: weight * (alpha / rank)_file * B A == scaling_adapter * B' A.
             factor = weight * alphas.get(name, a.shape[0]) / a.shape[0] / layer.scaling[adapter_name]
             la.copy_(a.to(la.dtype))

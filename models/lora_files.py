@@ -58,20 +58,31 @@ def sample_keys(keys: list[str], n: int = 5) -> str:
 
 def unmatched_keys(peft_sd: Mapping[str, torch.Tensor], model: nn.Module) -> list[str]:
     """Keys of a PEFT dict that name no linear/conv of `model`, or whose shape does not fit that module."""
+    return [key for key, _ in _mismatches(peft_sd, model)]
+
+
+def unmatched_described(peft_sd: Mapping[str, torch.Tensor], model: nn.Module) -> list[str]:
+    """`unmatched_keys`, each with what is wrong ("...lora_A.weight: 4x64, the module takes 32 inputs")."""
+    return [f"{key}{why}" for key, why in _mismatches(peft_sd, model)]
+
+
+def _mismatches(peft_sd: Mapping[str, torch.Tensor], model: nn.Module) -> list[tuple[str, str]]:
     modules = dict(model.named_modules())
     bad = []
     for key, t in peft_sd.items():
         split = split_key(key)
         module = modules.get(split[0]) if split else None
         base = getattr(module, "base_layer", module)  # already wrapped by peft
+        shape = "x".join(map(str, t.shape))
         if not isinstance(base, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)) or t.ndim < 2:
-            bad.append(key)
+            bad.append((key, " (no such module)" if module is None else f": {shape}, not a LoRA of a linear"))
             continue
         size_in = base.in_features if isinstance(base, nn.Linear) else base.in_channels
         size_out = base.out_features if isinstance(base, nn.Linear) else base.out_channels
-        if (split[1] == "lora_A.weight" and t.shape[1] != size_in) or (split[1] == "lora_B.weight"
-                                                                        and t.shape[0] != size_out):
-            bad.append(key)
+        if split[1] == "lora_A.weight" and t.shape[1] != size_in:
+            bad.append((key, f": {shape}, the module takes {size_in} inputs"))
+        elif split[1] == "lora_B.weight" and t.shape[0] != size_out:
+            bad.append((key, f": {shape}, the module has {size_out} outputs"))
     return bad
 
 

@@ -577,3 +577,21 @@ def test_an_edited_frame_from_another_moment_is_a_warning(tmp_path):
     Image.fromarray(first).save(tmp_path / "edited0.png")
     res = prepare_job(PrepareRequest(edited_frame=tmp_path / "edited0.png", out=tmp_path / "job0", **base))
     assert not [w for w in res.warnings if "another moment" in w], res.warnings
+
+
+def test_a_failed_new_job_says_it_is_incomplete_and_the_next_run_finishes_it(clip, tmp_path):
+    from config.errors import ConfigError
+    from config.loader import PREPARE_INCOMPLETE
+
+    out = tmp_path / "job"
+    with pytest.raises(UserError, match="squashed.png"):  # fails after the clip was decoded
+        prepare_job(request(clip, out, edited_frame=clip["root"] / "squashed.png"))
+    marker = out / PREPARE_INCOMPLETE
+    assert not (out / "edit.toml").exists() and (out / "source").is_dir()
+    assert "has not finished" in marker.read_text() and "squashed.png" in marker.read_text()
+    with pytest.raises(ConfigError, match="prepare.py did not finish this job"):  # what train.py/infer.py then say
+        load_config(out / "edit.toml")
+    res = prepare_job(request(clip, out))
+    assert "source" not in res.ran  # the decoded clip is reused
+    assert (out / "edit.toml").is_file() and not marker.exists()
+    load_config(out / "edit.toml")

@@ -24,6 +24,8 @@ Every write goes to a temporary name in JOB and is renamed into place.
 
 from __future__ import annotations
 
+import contextlib
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 import media
+from config.atomic import write_atomic
 from config.errors import ConfigError, UserError
-from config.loader import load_config, parse_override
+from config.loader import PREPARE_INCOMPLETE, load_config, parse_override
 from config.progress import Progress, as_progress
 from datasets.prepare.folder import JobFolderError
 from datasets.prepare.request import PrepareRequest
@@ -121,6 +124,29 @@ def prepare_job(req: PrepareRequest, progress: Progress | None = None) -> Prepar
     if before != identity:  # recorded first, so that a run that fails later still marks whose job this is
         run.manifest["inputs"]["video"] = identity
         run.save()
+    marker = run.out / PREPARE_INCOMPLETE
+    if not (run.out / CONFIG).is_file() or marker.is_file():
+        # A new job says it is incomplete until every stage ran (a failure, Ctrl-C or SIGKILL leaves it saying so);
+        # the next run reuses the stages already made and finishes it.
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        write_atomic(marker, f"prepare.py has not finished making this job (started {started}). Run the same "
+                             "prepare.py command again: it finishes the job, reusing what is already made.\n")
+    try:
+        caught = _run_stages(run, req)
+    except BaseException as e:
+        if marker.is_file():
+            with contextlib.suppress(OSError):
+                with open(marker, "a", encoding="utf-8") as fh:
+                    fh.write(f"The last run stopped with: {e or type(e).__name__}\n")
+        raise
+    marker.unlink(missing_ok=True)
+    messages = list(dict.fromkeys(str(w.message) for w in caught))  # once each, in order
+    return PrepareResult(run.out, run.ran, run.meta, run.timings, messages)
+
+
+def _run_stages(run: JobStages, req: PrepareRequest) -> list[warnings.WarningMessage]:
+    """Every stage in order, then the manifest; returns the warnings they raised."""
+    video_fp = run.manifest["inputs"]["video"]["sha256"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         src_key, src = run.run_source()
@@ -147,8 +173,7 @@ def prepare_job(req: PrepareRequest, progress: Progress | None = None) -> Prepar
                                              "caption_model", "sam2", "model", "force", "progress")}
     run.manifest["settings"]["model"] = str(req.model.resolve()) if req.model else ""
     run.save()
-    messages = list(dict.fromkeys(str(w.message) for w in caught))  # once each, in order
-    return PrepareResult(run.out, run.ran, run.meta, run.timings, messages)
+    return caught
 
 
 def summary(req: PrepareRequest, res: PrepareResult) -> str:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from config.atomic import atomic_path
@@ -64,18 +66,38 @@ class EncodeCache:
     def path(self, kind: str, key: str) -> Path:
         return self.folder / f"{kind}-{key}.safetensors"
 
-    def get(self, kind: str, key: str, compute: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Load the entry, or compute, store (atomically) and return it."""
+    def get(self, kind: str, key: str, compute: Callable[[], dict[str, torch.Tensor]],
+            check: Callable[[dict[str, torch.Tensor]], str | None] | None = None) -> dict[str, torch.Tensor]:
+        """Load the entry, or compute, store (atomically) and return it. `check(entry)` says what is wrong with a
+        loaded entry (None: nothing); a torn, foreign or wrong entry is recomputed, with a warning naming it."""
         path = self.path(kind, key)
         if path.exists():
             try:
                 out = load_file(path)
+                problem = check(out) if check else None
+            except (SafetensorError, OSError, ValueError) as e:  # a torn or foreign file
+                out, problem = None, f"not a readable safetensors file ({e})"
+            if problem is None:
                 self.hits += 1
                 return out
-            except Exception:  # a torn or foreign file: recompute it
-                path.unlink(missing_ok=True)
+            warnings.warn(f"encode cache entry {path}: {problem}; recomputing it", stacklevel=2)
+            path.unlink(missing_ok=True)
         self.misses += 1
         tensors = {k: v.detach().cpu().contiguous() for k, v in compute().items()}
         with atomic_path(path) as tmp:
             save_file(tensors, tmp)
         return tensors
+
+
+def expect_shape(name: str, shape: tuple[int | None, ...]) -> Callable[[dict[str, torch.Tensor]], str | None]:
+    """A `check` for `EncodeCache.get`: the entry has tensor `name` of `shape` (None: any size on that axis)."""
+    def check(entry: dict[str, torch.Tensor]) -> str | None:
+        if name not in entry:
+            return f"has no tensor '{name}' (has {sorted(entry)})"
+        got = tuple(entry[name].shape)
+        if len(got) != len(shape) or any(w is not None and w != g for w, g in zip(shape, got)):
+            want = "x".join("?" if w is None else str(w) for w in shape)
+            return f"'{name}' has shape {'x'.join(map(str, got)) or 'scalar'}, expected {want}"
+        return None
+
+    return check

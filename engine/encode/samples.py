@@ -15,7 +15,7 @@ import torch
 
 from config.progress import Progress, tracked
 from datasets.samples import Sample
-from engine.encode.cache import EncodeCache, fingerprint
+from engine.encode.cache import EncodeCache, expect_shape, fingerprint
 from models.base import Conditioning, ModelAdapter
 
 
@@ -50,16 +50,23 @@ def _text_conditioning(entry: dict[str, torch.Tensor], like: Conditioning) -> Co
 
 
 def _phase(adapter: ModelAdapter, cache: EncodeCache, kind: str, items: dict[str, object], load: str,
-           fn: Callable[[object], dict[str, torch.Tensor]], progress: Progress | None = None
-           ) -> dict[str, dict[str, torch.Tensor]]:
-    """Run `fn` on the items the cache misses, with encoder `load` resident only while needed."""
+           fn: Callable[[object], dict[str, torch.Tensor]], progress: Progress | None = None,
+           check: Callable[[object], Callable[[dict], str | None]] | None = None) -> dict[str, dict[str, torch.Tensor]]:
+    """Run `fn` on the items the cache misses (or holds a bad entry of: `check(item)` checks an entry), with encoder
+    `load` resident only while needed."""
     out: dict[str, dict[str, torch.Tensor]] = {}
     missing = [k for k in items if not cache.path(kind, k).exists()]
+    ran = []
+
+    def compute(item: object) -> dict[str, torch.Tensor]:
+        ran.append(True)
+        return fn(item)
+
     try:
         for key, item in tracked(items.items(), progress if missing else None, f"encode {kind}", len(items), "item"):
-            out[key] = cache.get(kind, key, lambda item=item: fn(item))
+            out[key] = cache.get(kind, key, lambda item=item: compute(item), check(item) if check else None)
     finally:
-        if missing:
+        if ran:
             adapter.unload(load)
     return out
 
@@ -128,8 +135,14 @@ def _encode(
         fn = adapter.encode_condition_video if condition else adapter.encode_video
         return {"x": fn(video[None])[0]}
 
-    latents = _phase(adapter, cache, "latent", videos, "vae", encode, progress)
-    texts = _phase(adapter, cache, "text", prompts, "text_encoder", lambda p: adapter.encode_text(*p), progress)
+    def latent_shape(item: tuple[torch.Tensor, bool]) -> Callable[[dict], str | None]:
+        _, frames, height, width = item[0].shape
+        tc, sc = adapter.temporal_compression, adapter.spatial_compression
+        return expect_shape("x", (None, (frames - 1) // tc + 1, height // sc, width // sc))
+
+    latents = _phase(adapter, cache, "latent", videos, "vae", encode, progress, latent_shape)
+    texts = _phase(adapter, cache, "text", prompts, "text_encoder", lambda p: adapter.encode_text(*p), progress,
+                   lambda _: expect_shape("x", (None, None)))
     feats = _phase(adapter, cache, "image", images, "image_encoder", lambda im: {"x": _image_or_empty(adapter, im)},
                    progress)
 

@@ -34,6 +34,7 @@ import cv2
 import numpy as np
 
 import media
+from config.atomic import ensure_output_folder
 from config.errors import UserError
 from config.progress import Progress, as_progress, report
 from config.schema import Config
@@ -349,8 +350,8 @@ def run_evaluation(inputs: EvalInputs, out: str | Path | None = None, clip_model
     from engine.evaluate.plot import draw_plot
     from engine.evaluate.report import PLOT_NAME, REPORT_NAME, summary_text, write_json
 
+    folder = ensure_output_folder(Path(out) if out else inputs.results[0].path.resolve().parent, "--out")
     report_data = evaluate(inputs, clip_model, include_first, progress)
-    folder = Path(out) if out else inputs.results[0].path.resolve().parent
     files = {"report": folder / REPORT_NAME, "plot": folder / PLOT_NAME,
              "comparison": folder / COMPARISON_VIDEO, "strip": folder / COMPARISON_STRIP}
     report_data["files"] = {k: str(v) for k, v in files.items()}

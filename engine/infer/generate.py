@@ -8,6 +8,7 @@ the LoRAs applied, samples, and is freed before the VAE decodes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -44,15 +45,23 @@ class LoraSpec:
 
 
 def parse_lora_arg(text: str) -> LoraSpec:
-    """`PATH` or `PATH:WEIGHT`; a suffix that is not a number is part of the path (e.g. `C:\\lora.safetensors`)."""
+    """`PATH` or `PATH:WEIGHT`. A suffix that is not a number is part of the path when it looks like one (e.g.
+    `C:\\lora.safetensors`, or an existing file with a colon in its name); otherwise the weight is wrong."""
+    if not text:
+        raise LoraArgumentError("--lora needs a path, e.g. --lora runs/edit/<run>/lora.safetensors:0.8")
     path, sep, tail = text.rpartition(":")
     if sep and path:
         try:
-            return LoraSpec(Path(path).expanduser().resolve(), float(tail))
+            weight = float(tail)
         except ValueError:
-            pass
-    if not text:
-        raise LoraArgumentError("--lora needs a path, e.g. --lora runs/edit/<run>/lora.safetensors:0.8")
+            weight = None
+        if weight is not None and math.isfinite(weight):
+            return LoraSpec(Path(path).expanduser().resolve(), weight)
+        looks_like_path = any(c in tail for c in "/\\") or tail.endswith(".safetensors")
+        if weight is not None or not (looks_like_path or Path(text).expanduser().exists()):
+            what = "not a finite number" if weight is not None else "not a number"
+            raise LoraArgumentError(f"--lora {text}: the weight {tail!r} is {what}; use PATH:WEIGHT, e.g. "
+                                    f"--lora {path}:0.8 (or the path alone for weight 1)")
     return LoraSpec(Path(text).expanduser().resolve())
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import tomli_w
 import torch
 
+from config.atomic import ensure_output_folder
 from config.errors import UserError
 from config.loader import load_config, to_dict
 from config.progress import Progress, as_progress
@@ -167,7 +168,7 @@ def run_inference(cfg: Config, loras: list[LoraSpec] | None = None, prompt: str 
     if loras is None:
         loras, note = resolve_loras(cfg, None)
     request = build_request(cfg, loras, prompt)
-    out = default_out(cfg)
+    out = ensure_output_folder(default_out(cfg), "inference.out (--out)")
     if frames_dir is None and cfg.inference.save_frames:
         frames_dir = out / "frames"
     if frames_dir is not None:

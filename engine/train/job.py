@@ -18,6 +18,7 @@ from config.schema import Config
 from datasets.job import Job, load_job, training_samples
 from engine.encode.cache import EncodeCache
 from engine.encode.samples import encode_samples
+from engine.train import checkpoint as ckpt
 from engine.train import distributed as dist_utils
 from engine.train.run_dir import RunDir, find_resume
 from engine.train.trainer import StagePlan, Trainer, TrainResult
@@ -109,6 +110,9 @@ def run_training(cfg: Config, resume: str | None = None, resume_requested: bool 
     from models.registry import make_adapter
 
     preflight(cfg, dist_utils.world_size_from_env())
+    if resume_requested:  # cheap file reads, before the engine, the encoders and the model start
+        resume_run, resume_tag = find_resume(cfg.output_dir, cfg.name, resume)
+        ckpt.verify(resume_run.checkpoints / resume_tag)
     dist = dist_utils.setup()
     progress = as_progress(progress)
     adapter = make_adapter(cfg.model, dist.device)
@@ -123,8 +127,7 @@ def run_training(cfg: Config, resume: str | None = None, resume_requested: bool 
     alpha = a.alpha or float(a.rank)
 
     if resume_requested:
-        run_dir, tag = find_resume(cfg.output_dir, cfg.name, resume) if dist.is_main else (None, None)
-        run_dir, tag = dist_utils.broadcast((run_dir, tag))
+        run_dir, tag = dist_utils.broadcast((resume_run, resume_tag))  # rank 0's choice, on every rank
     else:
         run_dir, tag = dist_utils.broadcast(RunDir.new(cfg.output_dir, cfg.name) if dist.is_main else None), None
     if dist.is_main:
@@ -139,11 +142,14 @@ def run_training(cfg: Config, resume: str | None = None, resume_requested: bool 
     trainer = Trainer(cfg, dist, adapter, transformers, stages, run_dir, save)
     if tag:
         trainer.load_checkpoint(run_dir.checkpoints, tag)
+        if dist.is_main:
+            run_dir.trim_metrics(trainer.step)
     writer = None
     if dist.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir.tensorboard))
+        # purge_step: TensorBoard hides the events a killed run logged after its checkpoint (they are redone)
+        writer = SummaryWriter(str(run_dir.tensorboard), purge_step=trainer.step + 1 if tag else None)
     try:
         result = trainer.run(progress, writer, stop)
     finally:

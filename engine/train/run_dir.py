@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
 
+from config.atomic import write_atomic
 from config.errors import UserError
+from engine.train.checkpoint import TAG, read_latest
 
 CHECKPOINTS = "checkpoints"
 
@@ -25,24 +28,48 @@ class RunDir:
 
     @classmethod
     def new(cls, output_dir: str | Path, name: str) -> RunDir:
+        """A fresh `output_dir/name/<timestamp>[-N]/`. The folder is claimed with an exclusive mkdir, so two runs
+        started in the same second (two processes, two machines on one shared disk) get different folders."""
         base = Path(output_dir) / name
+        if not base.resolve().is_relative_to(Path(output_dir).resolve()):
+            raise UserError(f"name = {name!r}: the run folder {base} would lie outside output_dir {output_dir}")
+        base.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
-        path, n = base / stamp, 1
-        while path.exists():  # two runs in one second
-            n += 1
-            path = base / f"{stamp}-{n}"
-        path.mkdir(parents=True)
-        return cls(path)
+        for n in range(1, 10_000):
+            path = base / (stamp if n == 1 else f"{stamp}-{n}")
+            try:
+                path.mkdir()  # atomic: exactly one caller creates it, every other one gets FileExistsError
+            except FileExistsError:
+                continue
+            return cls(path)
+        raise UserError(f"{base}: 10,000 runs started in the second {stamp}; cannot claim a run folder")
+
+    def trim_metrics(self, step: int) -> None:
+        """Drop metrics.jsonl lines after `step` (and a torn last line): a run killed after its last checkpoint
+        logged steps that the resumed run trains and logs again."""
+        path = self.path / "metrics.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line + "\n")
+        write_atomic(path, "".join(kept))
 
     def latest_checkpoint_tag(self) -> str | None:
-        latest = self.checkpoints / "latest"
-        return latest.read_text().strip() if latest.exists() else None
+        return read_latest(self.checkpoints)
 
-    def prune_checkpoints(self, keep: int = 2, folder: Path | None = None) -> None:
-        """Keep the newest `keep` engine checkpoints (they hold optimizer state, and add up) in `folder` (default:
-        checkpoints/; an expert's subfolder when a family has several)."""
-        tags = sorted(p for p in (folder or self.checkpoints).glob("step*") if p.is_dir())
-        for old in tags[:-keep]:
+    def prune_checkpoints(self, keep: int = 2) -> None:
+        """Keep the newest `keep` checkpoints (they hold optimizer state, and add up), and always the one `latest`
+        names."""
+        latest = read_latest(self.checkpoints)
+        tags = sorted((p for p in self.checkpoints.glob("step*") if TAG.match(p.name) and p.is_dir()
+                       and p.name != latest), key=lambda p: int(p.name[4:]))
+        for old in tags[:max(0, len(tags) - (keep - 1))]:
             shutil.rmtree(old, ignore_errors=True)
 
 
@@ -59,7 +86,17 @@ def find_resume(output_dir: str | Path, name: str, given: str | None) -> tuple[R
             raise UserError(f"--resume {given}: no checkpoint there (expected {run.checkpoints}/latest)")
         return run, tag
     runs = sorted((Path(output_dir) / name).glob("*/checkpoints/latest"), key=lambda p: p.stat().st_mtime)
+    # A finished run keeps its last checkpoint too: plain --resume continues an unfinished one (interrupted, or
+    # whose final LoRA could not be written: no summary.json then).
+    runs = [p for p in runs if not _finished(p.parent.parent)]
     if not runs:
-        raise UserError(f"--resume: no run of '{name}' with a checkpoint under {Path(output_dir) / name}")
+        raise UserError(f"--resume: no unfinished run of '{name}' with a checkpoint under {Path(output_dir) / name}")
     run = RunDir(runs[-1].parent.parent)
     return run, run.latest_checkpoint_tag()
+
+
+def _finished(run: Path) -> bool:
+    try:
+        return json.loads((run / "summary.json").read_text()).get("interrupted") is False
+    except (OSError, ValueError, AttributeError):
+        return False

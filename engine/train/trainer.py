@@ -24,6 +24,7 @@ import json
 import math
 import re
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,10 +33,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from config.atomic import write_atomic
 from config.errors import UserError
 from config.progress import Progress, StopSignal, as_progress, report, stop_requested
 from config.schema import Config
+from engine.train import checkpoint as ckpt
 from engine.train import distributed as dist_utils
 from engine.train.batches import BatchStream, TimeSampling
 from engine.train.flow import flow_loss
@@ -147,7 +148,6 @@ class ExpertRun:
     module: Any  # deepspeed.pipe.PipelineModule
     engine: Any  # deepspeed's PipelineEngine
     owned: set[int]  # ids of the parameters this rank's stage holds
-    checkpoints: Path
     swap: Any = None
 
 
@@ -179,6 +179,7 @@ class Trainer:
         self.transformer, self.engine, self.owned, self.swap = (self.parts[0].transformer, self.parts[0].engine,
                                                                 self.parts[0].owned, self.parts[0].swap)
         self.step = 0
+        self.saved_step: int | None = None  # the step of the newest checkpoint on disk (None: none yet)
         self._stop = False
 
     def _build(self, expert: Expert, transformer: nn.Module, partitions: list[str], several: bool) -> ExpertRun:
@@ -219,8 +220,7 @@ class Trainer:
         else:
             engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, lr_scheduler=scheduler,
                                                    config=ds_config(cfg))
-        checkpoints = self.run_dir.checkpoints / expert.name if several else self.run_dir.checkpoints
-        return ExpertRun(expert, transformer, module, engine, {id(p) for p in module.parameters()}, checkpoints, swap)
+        return ExpertRun(expert, transformer, module, engine, {id(p) for p in module.parameters()}, swap)
 
     # -- state ------------------------------------------------------------------------------------
     def lora_state(self, part: ExpertRun | None = None) -> dict | None:
@@ -231,21 +231,72 @@ class Trainer:
         return dist_utils.gather_dicts(local)
 
     def save_checkpoint(self) -> None:
-        tag = f"step{self.step:06d}"
-        for part in self.parts:
-            part.engine.save_checkpoint(str(part.checkpoints), tag=tag, client_state={"step": self.step},
-                                        exclude_frozen_parameters=True)
-        if self.dist.is_main:
-            if len(self.parts) > 1:  # every expert's engine saved this step: the run's checkpoint is complete
-                write_atomic(self.run_dir.checkpoints / "latest", tag)
+        """Every expert's stage state (first data-parallel replica of each stage), every rank's RNG, then - once all
+        ranks are done - `latest`, so `latest` only ever names a complete checkpoint (engine.train.checkpoint)."""
+        tag = ckpt.tag_for(self.step)
+        folder = self.run_dir.checkpoints / tag
+        error = None
+        try:
             for part in self.parts:
-                self.run_dir.prune_checkpoints(keep=2, folder=part.checkpoints)
+                engine = part.engine
+                if engine.grid.get_data_parallel_id() == 0:
+                    tensors, meta = ckpt.stage_state(engine.module, engine.optimizer, engine.lr_scheduler, engine)
+                    ckpt.save_stage(self._expert_folder(folder, part), engine.stage_id, tensors, meta)
+            ckpt.save_rng(folder, self.dist.rank)
+        except OSError as e:
+            error = e
+        self._raise_if_unwritten(error, folder)  # collective: also a barrier
+        if self.dist.is_main:
+            try:
+                ckpt.save_run_state(folder, {"files": ckpt.list_files(folder), "step": self.step,
+                                             "seed": self.cfg.seed, "experts": self._expert_names(),
+                                             "pipeline_stages": self.cfg.training.pipeline_stages,
+                                             "world_size": self.dist.world_size})
+                ckpt.write_latest(self.run_dir.checkpoints, tag)
+            except OSError as e:
+                error = e
+            else:
+                self.run_dir.prune_checkpoints(keep=2)
+        self._raise_if_unwritten(error, folder)
+        self.saved_step = self.step
 
-    def load_checkpoint(self, folder: Path, tag: str | None) -> None:
+    def _raise_if_unwritten(self, error: OSError | None, folder: Path) -> None:
+        """End every rank (a rank alone in a barrier would wait forever) when any could not write the checkpoint."""
+        if not self._agree(error is not None):
+            return
+        kept = self.run_dir.latest_checkpoint_tag() if self.dist.is_main else None
+        config = self.run_dir.path / "config.toml"
+        back = (f"the previous checkpoint {kept} is kept: make room, then continue with: python train.py --config "
+                f"{config} --resume {self.run_dir.path}") if kept else "no checkpoint is kept"
+        why = (error.strerror or error) if error else "failed on another rank"
+        raise UserError(f"could not write checkpoint {folder}: {why}; {back}")
+
+    def load_checkpoint(self, checkpoints: Path, tag: str) -> None:
+        """Continue from `checkpoints/<tag>`: weights, optimizer, schedule, step and RNG. Reads safetensors and JSON
+        only; a folder with anything else (DeepSpeed's pickled `.pt` files) is refused, not opened."""
+        folder = checkpoints / tag
+        info = ckpt.read_run_state(folder)
+        stages = self.cfg.training.pipeline_stages
+        if info.get("experts") != self._expert_names() or info.get("pipeline_stages") != stages:
+            raise ckpt.CheckpointError(
+                f"{folder}: written for experts {info.get('experts')} on {info.get('pipeline_stages')} pipeline "
+                f"stage(s); this run has {self._expert_names()} on {stages}: resume with the run's settings")
+        if info.get("seed") != self.cfg.seed:
+            warnings.warn(f"{folder}: written with seed {info.get('seed')}, this run has seed {self.cfg.seed}: the "
+                          "resumed steps draw other noise than the interrupted run would have", stacklevel=2)
         for part in self.parts:
-            where = folder / part.expert.name if len(self.parts) > 1 else folder
-            _, client = part.engine.load_checkpoint(str(where), tag=tag, load_module_strict=False)
-            self.step = int(client["step"])
+            engine = part.engine
+            ckpt.load_stage(self._expert_folder(folder, part), engine.stage_id, engine.module, engine.optimizer,
+                            engine.lr_scheduler, engine)
+        if not ckpt.load_rng(folder, self.dist.rank) and self.cfg.adapter.dropout:
+            warnings.warn(f"{folder}: no RNG state for rank {self.dist.rank}; LoRA dropout draws differ", stacklevel=2)
+        self.step = self.saved_step = int(info["step"])
+
+    def _expert_folder(self, folder: Path, part: ExpertRun) -> Path:
+        return folder / part.expert.name if len(self.parts) > 1 else folder
+
+    def _expert_names(self) -> list[str]:
+        return [part.expert.name for part in self.parts]
 
     def request_stop(self) -> None:
         """Stop after the current step, with a checkpoint (what `stop` asks for, from this object)."""
@@ -295,10 +346,19 @@ class Trainer:
             offset += stage.steps
             if len(self.stages) > 1 and stage is not self.stages[-1] and self.step == offset:
                 self._save_loras(f"lora_{stage.name}.safetensors")
-        loras = {} if interrupted else self._save_loras("lora.safetensors")
+        if not interrupted and self.saved_step != self.step:
+            self.save_checkpoint()  # the finished state is on disk before the LoRA is: a failed write loses nothing
+        loras = {} if interrupted else self._save_loras("lora.safetensors", final=True)
         lora_path = next(iter(loras.values()), None)
-        return TrainResult(self.run_dir.path, self.step, losses[-1] if losses else float("nan"), lora_path,
+        return TrainResult(self.run_dir.path, self.step, losses[-1] if losses else self._logged_loss(), lora_path,
                            time.time() - start, losses, interrupted, loras)
+
+    def _logged_loss(self) -> float:
+        """The last loss metrics.jsonl holds (a resume that only writes the final LoRA trains no step itself)."""
+        try:
+            return float(json.loads((self.run_dir.path / "metrics.jsonl").read_text().splitlines()[-1])["loss"])
+        except (OSError, ValueError, IndexError, KeyError, TypeError):
+            return float("nan")
 
     def _schedule(self, part: ExpertRun) -> None:
         """With several experts each engine steps only on its own steps: set its learning rate from the run's
@@ -324,18 +384,34 @@ class Trainer:
             torch.distributed.all_reduce(x, op=torch.distributed.ReduceOp.MAX)
         return bool(x.item())
 
-    def _save_loras(self, name: str) -> dict[str, Path]:
-        """Each expert's LoRA as `name` (with the expert's suffix); {expert name: path}."""
+    def _save_loras(self, name: str, final: bool = False) -> dict[str, Path]:
+        """Each expert's LoRA as `name` (with the expert's suffix); {expert name: path}. A failed write (disk full,
+        file size limit) of the final LoRA ends the run with the way back: the checkpoint of this step is on disk,
+        and `--resume` from it writes the LoRA again without training. An intermediate file only warns."""
         paths = {}
         for part in self.parts:
             state = self.lora_state(part)
             path = self.run_dir.path / lora_file(name, part.expert)
+            error = None
             if self.dist.is_main:
-                if len(self.parts) > 1:
-                    self.save_lora_fn(path, state, expert=part.expert)
-                else:
-                    self.save_lora_fn(path, state)
-            dist_utils.barrier()
+                try:
+                    if len(self.parts) > 1:
+                        self.save_lora_fn(path, state, expert=part.expert)
+                    else:
+                        self.save_lora_fn(path, state)
+                except OSError as e:
+                    error = f"could not write {path}: {e.strerror or e}"
+            error = dist_utils.broadcast(error)  # every rank ends, or none: no rank may wait in a barrier alone
+            if error and final:
+                config = self.run_dir.path / "config.toml"  # the run's resolved config, overrides included
+                kept = self.run_dir.checkpoints / ckpt.tag_for(self.step)
+                raise UserError(f"{error}. The finished training is kept in {kept}; "
+                                f"make room, then write the LoRA (no training) with: python train.py --config {config} "
+                                f"--resume {self.run_dir.path}")
+            if error:
+                warnings.warn(f"{error}; training goes on (the final LoRA and checkpoints are written later)",
+                              stacklevel=2)
+                continue
             paths[part.expert.name] = path
         return paths
 

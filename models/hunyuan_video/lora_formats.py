@@ -184,7 +184,7 @@ def save_lora(path: str | os.PathLike, peft_sd: Mapping[str, torch.Tensor], *, f
 
 def check_fits(peft_sd: Mapping[str, torch.Tensor], model: nn.Module) -> None:
     """Raise LoraBaseModelError when the LoRA names modules the model lacks or has other shapes."""
-    if bad := lora_files.unmatched_keys(peft_sd, model):
+    if bad := lora_files.unmatched_described(peft_sd, model):
         raise LoraBaseModelError(f"LoRA does not fit this model: {len(bad)} keys name no module or have other "
                                  f"shapes: {lora_files.sample_keys(bad)}.")
 

@@ -42,6 +42,7 @@ from models.lora_files import (
     read_lora_file,
     sample_keys,
     split_key,
+    unmatched_described,
     unmatched_keys,
     write_lora_file,
 )
@@ -252,7 +253,7 @@ def _hidden_size(peft_sd: Mapping[str, torch.Tensor]) -> int | None:
 
 def check_fits(peft_sd: Mapping[str, torch.Tensor], model: nn.Module) -> None:
     """Raise LoraBaseModelError naming the mismatch when the LoRA does not fit `model`."""
-    if bad := unmatched_keys(peft_sd, model):
+    if bad := unmatched_described(peft_sd, model):
         cfg = getattr(model, "config", None)
         dim = getattr(cfg, "num_attention_heads", 0) * getattr(cfg, "attention_head_dim", 0)
         size = _hidden_size(peft_sd)
