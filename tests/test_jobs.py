@@ -99,6 +99,7 @@ def test_a_stop_event_checkpoints_and_resume_continues_to_the_same_steps(job, tm
 
         def work():
             results["cut"] = run_training(cfg, progress=progress, stop=stop)
+            results["latest"] = (results["cut"].run_dir / "checkpoints" / "latest").read_text().strip()
             results["resumed"] = run_training(cfg, resume_requested=True)
 
         worker = threading.Thread(target=work)
@@ -106,12 +107,13 @@ def test_a_stop_event_checkpoints_and_resume_continues_to_the_same_steps(job, tm
         worker.join()
         cut, resumed = results["cut"], results["resumed"]
         print(json.dumps({{"cut": [cut.steps, cut.interrupted, str(cut.lora)], "run": str(cut.run_dir),
+                          "latest": results["latest"],
                           "resumed": [resumed.steps, resumed.interrupted, str(resumed.run_dir)]}}))
     """, tmp_path)
     steps, interrupted, lora = out["cut"]
     assert steps == 3 and interrupted and lora == "None"
     run = Path(out["run"])
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step000003"
+    assert out["latest"] == "step000003"  # the stop checkpointed where it was
     assert out["resumed"] == [8, False, str(run)]
     metrics = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics == list(range(1, 9)) and (run / "lora.safetensors").is_file()
