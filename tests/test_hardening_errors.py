@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from synthetic import write_square_job
+from synthetic import write_training_job
 
 import media
 from config.errors import ConfigError, UserError
@@ -35,11 +35,7 @@ def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_wan_diffusers) -> Path:
     root = tmp_path_factory.mktemp("hardening-job")
-    write_square_job(root, tiny_wan_diffusers, t=5, w=32, h=32, steps=2)
-    with open(root / "edit.toml", "a") as fh:
-        fh.write("[adapter]\nrank = 4\n[training]\nsteps = 2\nreference_steps = 0\nsave_every_n_steps = 0\n"
-                 "checkpoint_every_n_minutes = 0\n")
-    return root
+    return write_training_job(root, tiny_wan_diffusers, steps=2)
 
 
 # -- run names and steps ------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from synthetic import write_square_job
+from synthetic import write_training_job
 
 from config.console import ConsoleProgress
 from config.progress import ProgressEvent
@@ -25,11 +25,7 @@ ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_wan_diffusers) -> Path:
     root = tmp_path_factory.mktemp("jobs")
-    write_square_job(root, tiny_wan_diffusers, t=5, w=32, h=32, steps=3)
-    with open(root / "edit.toml", "a") as fh:
-        fh.write("[adapter]\nrank = 4\n[training]\nsteps = 3\nreference_steps = 0\nsave_every_n_steps = 0\n"
-                 "checkpoint_every_n_minutes = 0\n[optimizer]\nlr = 1e-3\n")
-    return root
+    return write_training_job(root, tiny_wan_diffusers, steps=3, lr=1e-3)
 
 
 def run_script(body: str, tmp_path: Path) -> dict:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from synthetic import write_square_job
+from synthetic import write_training_job
 from train_runs import REPO, run_folder, run_train
 
 STEPS = 120
@@ -29,11 +29,7 @@ COMMON = (f"training.steps={STEPS}", "training.checkpoint_every_n_steps=10", "ad
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_wan_diffusers) -> Path:
     root = tmp_path_factory.mktemp("resume-job")
-    write_square_job(root, tiny_wan_diffusers, t=5, w=32, h=32, steps=2)
-    with open(root / "edit.toml", "a") as fh:
-        fh.write("[adapter]\nrank = 4\n[training]\nreference_steps = 0\nsave_every_n_steps = 0\n"
-                 "checkpoint_every_n_minutes = 0\n[optimizer]\nlr = 1e-3\n")
-    return root
+    return write_training_job(root, tiny_wan_diffusers, steps=None, lr=1e-3)
 
 
 @pytest.fixture(scope="module")
