@@ -48,6 +48,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -377,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         grid = [("source", case.source), ("ground truth", case.edited)] + [
             (v.label, np.load(work / "frames" / f"{case.params.seed}-{v.name}-s0.npy")) for v in variants]
         tmp = args.out / f".grid_{kind}.png.tmp"
-        toy_metrics.image_grid(grid).save(tmp, format="PNG")
+        # 256 colours, no dithering: a third of the size for the committed results, no visible change here
+        toy_metrics.image_grid(grid).quantize(256, dither=Image.Dither.NONE).save(tmp, format="PNG", optimize=True)
         tmp.replace(args.out / f"grid_{kind}.png")
     table = write_report(report, args.out)
     print(table)
