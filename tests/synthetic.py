@@ -46,10 +46,11 @@ def write_square_job(root: Path, ckpt: Path, *, t: int, w: int, h: int, steps: i
     return root
 
 
-def write_training_job(root: Path, ckpt: Path, *, steps: int | None, lr: float | None = None) -> Path:
-    """write_square_job (5 frames at 32x32, 2 sampling steps) plus a small LoRA training setup: rank 4, stage 1
-    only, no intermediate LoRA files or timed checkpoints; `steps` training steps (None: the default)."""
-    write_square_job(root, ckpt, t=5, w=32, h=32, steps=2)
+def write_training_job(root: Path, ckpt: Path, *, steps: int | None, lr: float | None = None,
+                       sample_steps: int = 2) -> Path:
+    """write_square_job (5 frames at 32x32) plus a small LoRA training setup: rank 4, stage 1 only, no
+    intermediate LoRA files or timed checkpoints; `steps` training steps (None: the default)."""
+    write_square_job(root, ckpt, t=5, w=32, h=32, steps=sample_steps)
     training = "" if steps is None else f"steps = {steps}\n"
     optimizer = "" if lr is None else f"[optimizer]\nlr = {lr}\n"
     with open(root / "edit.toml", "a") as fh:

@@ -25,7 +25,7 @@ ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)}
 @pytest.fixture(scope="module")
 def job(tmp_path_factory, tiny_wan_diffusers) -> Path:
     root = tmp_path_factory.mktemp("jobs")
-    return write_training_job(root, tiny_wan_diffusers, steps=3, lr=1e-3)
+    return write_training_job(root, tiny_wan_diffusers, steps=3, lr=1e-3, sample_steps=3)
 
 
 def run_script(body: str, tmp_path: Path) -> dict:
