@@ -68,7 +68,7 @@ def damaged_safetensors(roots: Iterable[Path]) -> tuple[Path, str] | None:
         if f.suffix != ".safetensors":
             continue
         try:
-            with safe_open(str(f), framework="pt"):
+            with safe_open(str(f), framework="pt"):  # opening reads and checks the header
                 pass
         except (SafetensorError, OSError) as e:
             return f, str(e)

@@ -183,7 +183,7 @@ def verify(folder: Path) -> dict:
             read_json(path, folder)
             continue
         try:
-            with safe_open(str(path), framework="pt"):
+            with safe_open(str(path), framework="pt"):  # opening reads and checks the header; nothing more needed
                 pass
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path}: damaged or not a safetensors file ({e})") from None
