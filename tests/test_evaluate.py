@@ -424,3 +424,23 @@ def test_clip_vision_tower_without_projection_is_refused(tiny_clip, tmp_path):
     CLIPImageProcessor.from_pretrained(tiny_clip).save_pretrained(tmp_path)
     with pytest.raises(UserError, match="visual_projection"):
         ClipImageEncoder(tmp_path)
+
+
+def test_panels_say_which_result_had_a_lora(tmp_path):
+    """A side-by-side labels infer.py's results by what made them (its sidecar), not only by their paths."""
+    from engine.evaluate.job import made_with
+
+    def result(folder: str, loras: object, software: str = "lora-edit infer.py") -> Path:
+        d = tmp_path / folder
+        d.mkdir()
+        (d / "result.mp4").write_bytes(b"")
+        (d / "result.json").write_text(json.dumps({"software": software, "loras": loras}))
+        return d / "result.mp4"
+
+    lora = result("lora", [{"path": "/runs/x/lora.safetensors", "weight": 0.8}])
+    assert made_with(lora) == "LoRA lora.safetensors x0.8"
+    assert made_with(result("none", [])) == "no LoRA"
+    assert made_with(result("other", [], software="another tool")) is None
+    assert made_with(result("hostile", [{"path": "a", "weight": "abc"}])) is None
+    assert made_with(tmp_path / "lora" / "frames") == "LoRA lora.safetensors x0.8"  # a frames folder: its sidecar
+    assert made_with(tmp_path / "missing.mp4") is None

@@ -295,8 +295,9 @@ def evaluate(inputs: EvalInputs, clip_model: str | Path | None = None, include_f
     for res in inputs.results:
         report(progress, "evaluate", message=f"scoring {res.path}...")
         scored.append(score_result(res, inputs, shared, clip, mean_frames))
-    for entry, label in zip(scored, labels([r.path for r in inputs.results])):
+    for entry, label, res in zip(scored, labels([r.path for r in inputs.results]), inputs.results):
         entry["label"] = label
+        entry["made_with"] = made_with(res.path)
     h, w = src.shape[1:3]
     return {
         "version": REPORT_VERSION, "software": "lora-edit evaluate.py",
@@ -318,6 +319,21 @@ def evaluate(inputs: EvalInputs, clip_model: str | Path | None = None, include_f
                    "per_frame": {"warp_error": src_warp, "warp_error_edit": src_warp_edit}},
         "results": scored,
     }
+
+
+def made_with(path: Path) -> str | None:
+    """What infer.py made a result with, from its sidecar (result.json beside result.mp4 or its frames/ folder):
+    "no LoRA" or "LoRA <file> x<weight>", so side-by-sides say which panel is which. None: no sidecar."""
+    path = Path(path)
+    sidecar = path.with_suffix(".json") if path.is_file() else path.parent / "result.json"
+    try:
+        info = json.loads(sidecar.read_text(encoding="utf-8"))
+        if info.get("software") != "lora-edit infer.py":
+            return None
+        loras = [f"{Path(str(x['path'])).name} x{float(x.get('weight', 1.0)):g}" for x in info["loras"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None  # not infer.py's sidecar: the path alone labels the panel
+    return "LoRA " + ", ".join(loras) if loras else "no LoRA"
 
 
 def labels(paths: list[Path]) -> list[str]:
@@ -357,8 +373,8 @@ def run_evaluation(inputs: EvalInputs, out: str | Path | None = None, clip_model
     report_data["files"] = {k: str(v) for k, v in files.items()}
     draw_plot(report_data, files["plot"])
     panels = [("source", inputs.source)] + ([("ground truth", inputs.truth)] if inputs.truth is not None else [])
-    write_comparison(folder, panels + [(e["label"], r.frames) for e, r in zip(report_data["results"], inputs.results)],
-                     inputs.fps)
+    titles = [e["label"] + (f"  ({e['made_with']})" if e.get("made_with") else "") for e in report_data["results"]]
+    write_comparison(folder, panels + [(t, r.frames) for t, r in zip(titles, inputs.results)], inputs.fps)
     write_json(report_data, files["report"])
     means = {entry["label"]: dict(entry["summary"]) for entry in report_data["results"]}
     return EvaluateResult(report_data, files, summary_text(report_data, files), means)
