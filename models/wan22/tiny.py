@@ -55,8 +55,9 @@ def _cast(value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 def _original_config(model: WanTransformer3DModel) -> dict:
     c = model.config
-    return {"_class_name": "WanModel", "_diffusers_version": "0.33.0", "dim": c.num_attention_heads * c.attention_head_dim,
-            "eps": c.eps, "ffn_dim": c.ffn_dim, "freq_dim": c.freq_dim, "in_dim": c.in_channels, "model_type": "i2v",
+    return {"_class_name": "WanModel", "_diffusers_version": "0.33.0",
+            "dim": c.num_attention_heads * c.attention_head_dim, "eps": c.eps, "ffn_dim": c.ffn_dim,
+            "freq_dim": c.freq_dim, "in_dim": c.in_channels, "model_type": "i2v",
             "num_heads": c.num_attention_heads, "num_layers": c.num_layers, "out_dim": c.out_channels,
             "text_len": wl.WAN_TEXT_LEN}
 
@@ -105,7 +106,8 @@ def _write_original(m: wan_tiny.TinyWan, experts: dict, out: Path) -> None:
 def _write_single_files(experts: dict, out: Path, dtype: str) -> None:
     for name, model in experts.items():
         sd = wl.wan_transformer_diffusers_to_original(model.state_dict())
-        save_file({k: _cast(v, SINGLE_FILE_DTYPES[dtype]) for k, v in sd.items()}, str(out / single_file_name(name, dtype)))
+        tensors = {k: _cast(v, SINGLE_FILE_DTYPES[dtype]) for k, v in sd.items()}
+        save_file(tensors, str(out / single_file_name(name, dtype)))
 
 
 def build_tiny_wan22(out_dir: str | Path, layout: str = "diffusers", seed: int = 0, dtype: str = "fp32") -> Path:
