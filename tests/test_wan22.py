@@ -251,19 +251,20 @@ def test_trained_lora_pair_equals_the_pipeline_with_load_into_transformer_2(job,
 
 
 def test_plan_on_a_24gb_gpu_fits_with_the_advice(tmp_path):
-    """`python train.py --config <a Wan2.2 job> --plan --gpu-memory 24GB`: both experts, where the waiting one is,
-    and settings that fit."""
-    import subprocess
-    import sys
+    """What `python train.py --config <a Wan2.2 job> --plan --gpu-memory 24GB` advises (engine.plan.advice, on composed
+    plans as the command's advice is): both experts trained, settings that fit 24 GB."""
+    from engine.plan.advice import CONTEXT, advise
+    from engine.plan.model import resolve_model
+    from engine.plan.report import plan_training, plan_with
 
-    repo = Path(__file__).resolve().parents[1]
     toml = tmp_path / "edit.toml"
     toml.write_text(f"[model]\ntype = '{FAMILY}'\nckpt_path = '/models/Wan2.2-I2V-A14B'\n[data]\nframes = 49\n")
-    proc = subprocess.run([sys.executable, "train.py", "--config", str(toml), "--plan", "--gpu-memory", "24GB"],
-                          cwd=repo, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
-    assert "Training plan: wan2.2-i2v-a14b" in out and "2 experts (high_noise, low_noise)" in out, out
-    assert "wait in host RAM" in out
-    fits = [line for line in out.splitlines() if " fits:" in line]
-    assert fits and "does not fit" not in fits[-1], out
+    cfg = load_config(toml, check_paths=False)
+    spec = resolve_model(cfg)
+    assert spec.name == FAMILY and spec.transformer["image_dim"] is None
+    options = advise(cfg, spec, 24 * 2**30)
+    assert options and options[-1].fits and "training.blocks_to_swap" in options[-1].changes
+    assert options[-1].peak + CONTEXT <= 24 * 2**30
+    plan = plan_training(plan_with(cfg, **options[-1].changes), spec, composed=True)
+    assert plan.memory.total == options[-1].peak
+    assert "2 experts (high_noise, low_noise), 2 trained" in plan.notes[-1] and "host RAM" in plan.notes[-1]
