@@ -38,7 +38,8 @@ if TYPE_CHECKING:
 # flag -> config key it overrides (so the resolved config in the sidecar holds what was used)
 FLAG_KEYS = {
     "edited_frame": "data.edited_frame", "mask_preset": "inference.mask_preset", "seed": "seed",
-    "steps": "inference.steps", "guidance": "inference.guidance", "shift": "inference.shift",
+    "steps": "inference.steps", "guidance": "inference.guidance", "guidance_2": "inference.guidance_2",
+    "shift": "inference.shift",
     "scheduler": "inference.scheduler", "negative_prompt": "inference.negative_prompt", "out": "inference.out",
     "save_frames": "inference.save_frames", "side_by_side": "inference.side_by_side",
     "composite": "inference.composite", "feather": "inference.composite_feather",
@@ -50,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_config_arguments(p, required=False)
     g = p.add_argument_group("what to generate")
-    g.add_argument("--lora", action="append", metavar="PATH[:WEIGHT]",
+    g.add_argument("--lora", action="append", metavar="[EXPERT=]PATH[:WEIGHT]",
                    help="LoRA to apply, weight 1 unless given (repeatable: stacked). Default: inference.lora, "
-                        "else the newest *.safetensors in output_dir/name/*/")
+                        "else the newest *.safetensors in output_dir/name/*/ (with its other experts' files). "
+                        "EXPERT= (e.g. high_noise=, low_noise=) for a file that does not say which expert it is for")
     g.add_argument("--no-lora", action="store_true", help="generate with the base model only")
     g.add_argument("--edited-frame", metavar="IMAGE", help="the edited first frame (default: data.edited_frame)")
     g.add_argument("--mask-preset", choices=[m for m in MASK_PRESETS if m != "reference"],
@@ -61,9 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--negative-prompt", help="default: inference.negative_prompt, else Wan's standard one")
     g = p.add_argument_group("sampling")
     g.add_argument("--seed", type=int, help="noise seed (default: seed = 42)")
-    g.add_argument("--steps", type=int, help="denoising steps (default: inference.steps; Wan: 50, the paper: 30)")
+    g.add_argument("--steps", type=int, help="denoising steps (default: inference.steps; 0 = the model's: Wan2.1 50, "
+                                             "Wan2.2 40; the paper: 30)")
     g.add_argument("--guidance", type=float,
-                   help="classifier-free guidance scale; <= 1 skips the negative pass (default: 5.0)")
+                   help="classifier-free guidance scale; <= 1 skips the negative pass (default: inference.guidance; "
+                        "0 = the model's: Wan2.1 5.0, Wan2.2 3.5)")
+    g.add_argument("--guidance-2", type=float,
+                   help="the second expert's guidance (Wan2.2: low noise; default: inference.guidance_2)")
     g.add_argument("--shift", type=float, help="flow shift (default: inference.shift; 0 = the model's, Wan 480P 3.0)")
     g.add_argument("--scheduler", choices=("auto", "unipc", "euler"),
                    help="default: inference.scheduler = auto (the model's own: Wan unipc, HunyuanVideo euler)")

@@ -84,7 +84,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print(f"trained {result.steps} steps in {result.seconds:.0f}s, final loss {result.final_loss:.4f}; "
                   f"LoRA: {result.lora}")
+            _print_experts(cfg, result.loras)
     return 0
+
+
+def _print_experts(cfg, loras: dict) -> None:  # noqa: ANN001 (a Config)
+    """For a model with several experts: where the boundary is (the sampler's timesteps) and each expert's LoRA."""
+    from models.registry import family
+
+    experts = family(cfg.model.type).experts
+    if len(experts) > 1:
+        for e in experts:
+            print(f"  {e.describe()}: {loras.get(e.name) or 'not trained (model.experts), no LoRA file'}")
 
 
 if __name__ == "__main__":

@@ -217,9 +217,47 @@ def load_config(path: str | os.PathLike | None, overrides: Iterable[str] = (), c
     if check_paths:
         _check_inputs_exist(cfg, origin, overridden)
     _check_consistency(cfg, origin)
-    if cfg.data.fps == 0:  # resolved here so every reader (and the saved run config) sees the real rate
-        cfg.data.fps = family(cfg.model.type).default_fps
+    _check_experts(cfg, origin)
+    _resolve_family_defaults(cfg)
     return cfg
+
+
+def _check_experts(cfg: Config, origin: str) -> None:
+    """model.experts names experts of model.type; transformer_2_path only for a model with a second expert."""
+    spec = family(cfg.model.type)
+    names = [e.name for e in spec.experts]
+    unknown = [n for n in cfg.model.experts if n not in names]
+    if unknown:
+        raise ConfigError(f"{origin}: model.experts = {cfg.model.experts!r}: {spec.title} has no expert "
+                          f"{unknown[0]!r}; its experts: {', '.join(names)}")
+    if len(set(cfg.model.experts)) != len(cfg.model.experts):
+        raise ConfigError(f"{origin}: model.experts = {cfg.model.experts!r} names an expert twice")
+    if len(names) < 2 and cfg.model.transformer_2_path:
+        raise ConfigError(f"{origin}: model.transformer_2_path is the second expert's file, and {spec.title} has one "
+                          "transformer: use model.transformer_path")
+    if len(names) < 2 and cfg.inference.guidance_2:
+        raise ConfigError(f"{origin}: inference.guidance_2 is the second expert's guidance, and {spec.title} has one "
+                          "transformer: use inference.guidance")
+    if 0 < cfg.training.shift < 0.01:
+        raise ConfigError(f"{origin}: training.shift = {cfg.training.shift} is below 0.01; 0 is the model's default")
+
+
+def _resolve_family_defaults(cfg: Config) -> None:
+    """0 = "the model's": replaced here by the family's value, so every reader (and the saved run config) sees the
+    value used. A second expert's guidance follows inference.guidance when only that is set (as diffusers'
+    guidance_scale_2 follows guidance_scale)."""
+    spec = family(cfg.model.type)
+    inf = cfg.inference
+    if cfg.data.fps == 0:
+        cfg.data.fps = spec.default_fps
+    if cfg.training.shift == 0:
+        cfg.training.shift = spec.default_train_shift
+    if inf.steps == 0:
+        inf.steps = spec.default_steps
+    if len(spec.experts) > 1 and inf.guidance_2 == 0:
+        inf.guidance_2 = inf.guidance or spec.guidance_of(spec.experts[1])
+    if inf.guidance == 0:
+        inf.guidance = spec.guidance_of(spec.experts[0])
 
 
 def require(cfg: Config, *dotted: str) -> None:

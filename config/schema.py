@@ -47,8 +47,16 @@ class ModelConfig:
         "", "Base model weights: a diffusers folder or the original release folder.", path="in"
     )
     transformer_path: str = opt(
-        "", "Optional single-file transformer (ComfyUI style, bf16/fp16/fp8) overriding ckpt_path's.",
+        "", "Optional single-file transformer (ComfyUI style, bf16/fp16/fp8) overriding ckpt_path's; for a model with "
+        "two experts the first one's (wan2.2-i2v-a14b: high noise).", path="in",
+    )
+    transformer_2_path: str = opt(
+        "", "The second expert's single-file transformer, for a model with two (wan2.2-i2v-a14b: low noise).",
         path="in",
+    )
+    experts: list = opt(
+        [], "Experts to train, by name (" + _per_family(lambda s: "/".join(e.name for e in s.experts)) + "); the "
+        "timesteps drawn are clamped to theirs and the others get no LoRA. Empty: all.", item=str,
     )
     dtype: str = opt("bfloat16", "Compute dtype (float32 on CPU-only machines).", choices=DTYPES)
     transformer_dtype: str = opt(
@@ -138,7 +146,8 @@ class TrainingConfig:
     timestep_sample_method: str = opt(
         "uniform", "How the flow time s is drawn.", choices=("uniform", "logit_normal")
     )
-    shift: float = opt(1.0, "Timestep shift s' = shift*s / (1 + (shift-1)*s); 1 = none.", min=0.01)
+    shift: float = opt(0.0, "Timestep shift s' = shift*s / (1 + (shift-1)*s); 1 = none. 0: the model's ("
+                       + _per_family(lambda s: f"{s.default_train_shift:g}") + ").", min=0.0)
     min_t: float = opt(0.0, "Lower bound of the sampled flow time.", min=0.0, max=1.0)
     max_t: float = opt(1.0, "Upper bound of the sampled flow time.", min=0.0, max=1.0)
     edit_loss_weight: float = opt(1.0, "Loss weight of latent cells in the edit region (1 = none).", min=0.0)
@@ -166,8 +175,14 @@ class InferenceConfig:
     mask_preset: str = opt("loraedit", "Conditioning preset (see README's mask presets).", choices=MASK_PRESETS)
     lora: str = opt("", "LoRA file to apply. Empty: the newest LoRA of this job's runs.", path="in")
     lora_weight: float = opt(1.0, "Strength of the LoRA.")
-    steps: int = opt(50, "Denoising steps (Wan: 50; the paper: 30).", min=1, max=1000)
-    guidance: float = opt(5.0, "Classifier-free guidance scale; 1 disables the negative pass.", min=0.0)
+    steps: int = opt(0, "Denoising steps (the paper: 30). 0: the model's ("
+                     + _per_family(lambda s: str(s.default_steps)) + ").", min=0, max=1000)
+    guidance: float = opt(0.0, "Classifier-free guidance scale (of the first expert, for a model with two); 1 "
+                          "disables the negative pass. 0: the model's ("
+                          + _per_family(lambda s: "/".join(f"{s.guidance_of(e):g}" for e in s.experts)) + ").",
+                          min=0.0)
+    guidance_2: float = opt(0.0, "Guidance of the second expert, for a model with two (wan2.2-i2v-a14b: low noise). "
+                            "0: inference.guidance if set, else the model's.", min=0.0)
     shift: float = opt(0.0, "Flow shift of the sampler. 0: the model's default (the weights' scheduler config, "
                        f"else {_per_family(lambda s: f'{s.default_shift:g}')}).", min=0.0)
     scheduler: str = opt("auto", f"Sampler; auto: the model's own ({_per_family(lambda s: s.scheduler)}).",

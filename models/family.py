@@ -33,9 +33,20 @@ class Expert:
     low: float = 0.0
     high: float = math.inf
     suffix: str = ""
+    guidance: float = 0.0  # the release's guidance for this expert; 0: the family's default_guidance
 
     def serves(self, timestep: float) -> bool:
         return self.low <= timestep < self.high
+
+    def describe(self) -> str:
+        """"high_noise (sampler timesteps t >= 900)": the expert and its share of the timestep scale, for people."""
+        if self.low <= 0 and math.isinf(self.high):
+            return f"{self.name} (every timestep)"
+        if math.isinf(self.high):
+            return f"{self.name} (sampler timesteps t >= {self.low:g})"
+        if self.low <= 0:
+            return f"{self.name} (sampler timesteps t < {self.high:g})"
+        return f"{self.name} (sampler timesteps {self.low:g} <= t < {self.high:g})"
 
 
 def flow_shift(scheduler_config: Mapping[str, Any], fallback: float = 3.0) -> float:
@@ -70,6 +81,9 @@ class FamilySpec:
     default_frames: int = 49  # 4k+1 frames of a new job (prepare.py --frames)
     tiny_command: str = ""  # the command line that writes a tiny random model to OUT (named in missing-model errors)
     experts: tuple[Expert, ...] = field(default_factory=lambda: (Expert(),))
+    default_steps: int = 50  # denoising steps where inference.steps is 0
+    default_guidance: float = 5.0  # guidance where inference.guidance is 0 (an expert's own `guidance` first)
+    default_train_shift: float = 1.0  # training.shift where it is 0 (Wan2.1: the paper's uniform times, no shift)
 
     # -- the heavy parts, imported on first use --------------------------------------------------
     def adapter_class(self) -> type:
@@ -107,6 +121,10 @@ class FamilySpec:
             if expert.serves(float(timestep)):
                 return expert
         raise ValueError(f"{self.title}: no expert serves timestep {float(timestep):g}")
+
+    def guidance_of(self, expert: Expert) -> float:
+        """The family's default guidance for `expert`."""
+        return expert.guidance or self.default_guidance
 
     def expert(self, name: str | None) -> Expert:
         """The expert called `name`; None is the only one of a one-expert family."""

@@ -16,6 +16,7 @@ from config.errors import UserError
 from models.family import FamilySpec
 from models.hunyuan_video.spec import SPEC as HUNYUAN_VIDEO
 from models.wan.spec import SPEC as WAN
+from models.wan22.spec import SPEC as WAN22
 
 _FAMILIES: dict[str, FamilySpec] = {}
 DEFAULT_FAMILY = WAN.name  # model.type when a config says nothing
@@ -31,6 +32,7 @@ class ModelSettings(Protocol):
     type: str
     ckpt_path: str
     transformer_path: str
+    transformer_2_path: str
     dtype: str
     transformer_dtype: str
 
@@ -94,9 +96,20 @@ def make_adapter(model_cfg: ModelSettings, device: Any) -> Any:
                         f"set model.type = \"{found}\"")
     dtype = dtype_from_name(model_cfg.dtype)
     storage = dtype_from_name(model_cfg.transformer_dtype) if model_cfg.transformer_dtype else dtype
-    return spec.adapter_class()(model_cfg.ckpt_path, model_cfg.transformer_path or None, device=device, dtype=dtype,
-                                transformer_dtype=storage)
+    files = transformer_files(model_cfg)
+    return spec.adapter_class()(model_cfg.ckpt_path, files, device=device, dtype=dtype, transformer_dtype=storage)
 
 
-for _spec in (WAN, HUNYUAN_VIDEO):
+def transformer_files(model_cfg: ModelSettings) -> str | dict[str, str] | None:
+    """The single-file transformer override(s): model.transformer_path (None: none) for a one-expert family; for a
+    family with several experts {expert name: file}, model.transformer_path for the first expert and
+    model.transformer_2_path for the second (diffusers' `transformer` and `transformer_2`)."""
+    experts = family(model_cfg.type).experts
+    if len(experts) == 1:
+        return model_cfg.transformer_path or None
+    paths = (model_cfg.transformer_path, getattr(model_cfg, "transformer_2_path", ""))
+    return {e.name: p for e, p in zip(experts, paths) if p}
+
+
+for _spec in (WAN, WAN22, HUNYUAN_VIDEO):
     register(_spec)

@@ -5,7 +5,7 @@ random model with its own builder and checks, for every expert, what the engine 
 `predict`, the packed mask and condition channels fit the transformer, the encode cache gives back what the
 encoders made without loading them again, a LoRA saved in each layout the family writes loads back to the same
 output, two training steps run through train.py's job function (one LoRA file per expert), and a sample comes out.
-tests/two_expert.py registers a two-expert family, so the expert paths run too.
+Wan2.2-I2V-A14B (models/wan22/) has two experts, so the expert paths run on a real family.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 from synthetic import write_square_job
-from two_expert import ensure_registered
 
 from config.loader import load_config
 from datasets.job import load_job, training_samples
@@ -26,7 +25,6 @@ from models.base import ModelAdapter
 from models.lora import add_lora, load_lora_weights_into, lora_state_dict, save_lora_state
 from models.registry import detect_family, family, make_adapter, names
 
-ensure_registered()
 T, W, H = 5, 32, 32  # 4k+1 frames; 32x32 pixels -> a 4x4 latent grid
 RANK = 4
 

@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
                "               (--prefix adds 'model.diffusion_model.'; --dtype fp8 stores float8_e4m3fn)\n\n"
                "example:\n"
                "  python -m tools.make_tiny_model --family wan-i2v --layout original --out /tmp/tiny-wan")
-    parser.add_argument("--family", required=True, choices=["wan-i2v"], help="model family (Wan2.1-I2V)")
+    parser.add_argument("--family", required=True, choices=["wan-i2v", "wan2.2-i2v-a14b"],
+                        help="model family: Wan2.1-I2V, or Wan2.2-I2V-A14B (two experts; layouts diffusers, original, "
+                             "single-file = the original folder plus one file per expert; --dtype and --prefix only "
+                             "for its single files, --sizes not)")
     parser.add_argument("--layout", required=True, choices=LAYOUTS, help="weight layout to write")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created; must be empty)")
     parser.add_argument("--seed", type=int, default=0, help="weight seed (default 0)")
@@ -51,6 +54,17 @@ def main(argv: list[str] | None = None) -> int:
                              "(sections: " + ", ".join(SIZE_DEFAULTS) + "; text_dim, image_dim and "
                              "added_kv_proj_dim follow the other components)")
     args = parser.parse_args(argv)
+    if args.family == "wan2.2-i2v-a14b":
+        from models.wan22.tiny import build_tiny_wan22
+
+        if args.sizes or args.prefix:
+            parser.error("--sizes and --prefix are for --family wan-i2v")
+        try:
+            path = build_tiny_wan22(args.out, args.layout, args.seed, args.dtype)
+        except (FileExistsError, ValueError) as e:
+            parser.error(str(e))
+        print(path)
+        return 0
     if args.dtype == "fp8" and args.layout != "single-file":
         parser.error("--dtype fp8 exists only for --layout single-file")
     if args.prefix and args.layout != "single-file":

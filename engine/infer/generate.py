@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -39,16 +40,26 @@ class LoraArgumentError(UserError):
 class LoraSpec:
     path: Path
     weight: float = 1.0
+    expert: str | None = None  # the expert it goes into; None: told from the file (models.lora.lora_expert)
 
     def describe(self) -> str:
-        return f"{self.path} (weight {self.weight:g})"
+        return (f"{self.expert}=" if self.expert else "") + f"{self.path} (weight {self.weight:g})"
+
+
+_EXPERT_PREFIX = re.compile(r"([a-z][a-z0-9_]*)=(.+)")
 
 
 def parse_lora_arg(text: str) -> LoraSpec:
-    """`PATH` or `PATH:WEIGHT`. A suffix that is not a number is part of the path when it looks like one (e.g.
-    `C:\\lora.safetensors`, or an existing file with a colon in its name); otherwise the weight is wrong."""
+    """`PATH`, `PATH:WEIGHT` or `EXPERT=PATH[:WEIGHT]` (for a model with several experts, a file that does not say
+    which it is for: `high_noise=adapter_model.safetensors`). A suffix that is not a number is part of the path when
+    it looks like one (e.g. `C:\\lora.safetensors`, or an existing file with a colon in its name); otherwise the
+    weight is wrong."""
     if not text:
         raise LoraArgumentError("--lora needs a path, e.g. --lora runs/edit/<run>/lora.safetensors:0.8")
+    found = _EXPERT_PREFIX.fullmatch(text)
+    if found and not Path(text).expanduser().exists():
+        spec = parse_lora_arg(found[2])
+        return LoraSpec(spec.path, spec.weight, found[1])
     path, sep, tail = text.rpartition(":")
     if sep and path:
         try:
@@ -119,8 +130,11 @@ def build_request(cfg: Config, loras: list[LoraSpec], prompt: str | None = None)
     inf, spec = cfg.inference, family(cfg.model.type)
     shift = inf.shift or default_shift(spec.scheduler_config_for(cfg.model.ckpt_path))
     scheduler = spec.scheduler if inf.scheduler == "auto" else inf.scheduler
+    # A second expert's own guidance (diffusers' guidance_scale_2); the loader resolved 0 to the model's default.
+    second = {spec.experts[1].name: inf.guidance_2 or inf.guidance} if len(spec.experts) > 1 else {}
     sampler = SamplerSettings(steps=inf.steps, guidance=inf.guidance, shift=shift, scheduler=scheduler,
-                              step_cache=inf.step_cache, step_cache_threshold=inf.step_cache_threshold)
+                              step_cache=inf.step_cache, step_cache_threshold=inf.step_cache_threshold,
+                              expert_guidance=second)
     return Request(preset=inf.mask_preset, prompt=prompt or "",
                    negative_prompt=inf.negative_prompt or spec.negative_prompt,
                    seed=cfg.seed, sampler=sampler,
@@ -185,7 +199,13 @@ def apply_loras(adapter: ModelAdapter, loras: list[LoraSpec]) -> None:
     experts = adapter.experts()
     for i, spec in enumerate(loras):
         try:
-            expert = lora_expert(spec.path, read_lora_file(spec.path)[1] if len(experts) > 1 else {}, experts)
+            if spec.expert is not None:
+                if spec.expert not in [e.name for e in experts]:
+                    raise LoraArgumentError(f"--lora {spec.expert}={spec.path}: {adapter.spec.title} has no expert "
+                                            f"{spec.expert!r}; its experts: {', '.join(e.name for e in experts)}")
+                expert = adapter.expert(spec.expert)
+            else:
+                expert = lora_expert(spec.path, read_lora_file(spec.path)[1] if len(experts) > 1 else {}, experts)
             load_lora_weights_into(adapter.load_transformer(expert=expert.name), spec.path, spec.weight,
                                    adapter_name=f"lora{i}")
         except LoraFormatError as e:

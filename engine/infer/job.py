@@ -45,7 +45,7 @@ class Replay:
 
     @property
     def loras(self) -> list[LoraSpec]:
-        return [LoraSpec(Path(x["path"]), float(x["weight"])) for x in self.data["loras"]]
+        return [LoraSpec(Path(x["path"]), float(x["weight"]), x.get("expert")) for x in self.data["loras"]]
 
 
 def default_out(cfg: Config) -> Path:
@@ -111,11 +111,13 @@ def sidecar(cfg: Config, request: Request, gen: Generation, lora_sha: list[str],
         "version": SIDECAR_VERSION, "software": "lora-edit infer.py",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "prompt": gen.sample.prompt, "negative_prompt": request.negative_prompt, "seed": request.seed,
-        "steps": s.steps, "guidance": s.guidance, "shift": s.shift, "scheduler": s.scheduler,
+        "steps": s.steps, "guidance": s.guidance, "expert_guidance": dict(s.expert_guidance), "shift": s.shift,
+        "scheduler": s.scheduler,
         "scheduler_config": family(cfg.model.type).scheduler_config_for(cfg.model.ckpt_path),
         "step_cache": s.step_cache, "step_cache_threshold": s.step_cache_threshold,
         "mask_preset": request.preset,
-        "loras": [{"path": str(spec.path), "weight": spec.weight, "sha256": sha}
+        "loras": [{"path": str(spec.path), "weight": spec.weight, "sha256": sha,
+                   **({"expert": spec.expert} if spec.expert else {})}
                   for spec, sha in zip(request.loras, lora_sha)],
         "edited_frame": {"path": cfg.data.edited_frame, "sha256": outputs.sha256_file(cfg.data.edited_frame)},
         "composite": composite, "composite_feather": cfg.inference.composite_feather,

@@ -121,10 +121,8 @@ def plan_training(cfg: Config, spec: ModelSpec, composed: bool = False) -> Train
         notes.append(f"low-cost mode: each step trains one {frames}-frame clip of the {cfg.data.frames}-frame window")
     experts = family(spec.family).experts
     if len(experts) > 1:
-        whole = max(tr.weights + tr.offloaded for tr in traces)
-        notes.append(f"{len(experts)} experts ({', '.join(e.name for e in experts)}): a step trains the one its "
-                     f"timestep belongs to; these figures are one expert's, the others ({gib(whole)} each) wait in "
-                     "host RAM")
+        memory, note = _with_experts(cfg, experts, memory, max(tr.offloaded for tr in traces))
+        notes.append(note)
     return TrainingPlan(
         model=spec, frames=frames, height=height, width=width, settings=settings_of(cfg),
         frozen_params=sum(tr.frozen_params for tr in traces),
@@ -133,6 +131,22 @@ def plan_training(cfg: Config, spec: ModelSpec, composed: bool = False) -> Train
         tokens=traces[0].tokens * t.micro_batch_size_per_gpu, steps=steps, job_flops=job_flops,
         offloaded_per_step=2 * max(tr.offloaded for tr in traces) * micro, stages=len(traces), micro_batches=micro,
         trace_seconds=time.perf_counter() - t0, notes=notes)
+
+
+def _with_experts(cfg: Config, experts, memory: Memory, offloaded: int) -> tuple[Memory, str]:  # noqa: ANN001
+    """A family with several experts: each trained expert has its own engine, so its resident weights (LoRA
+    included) and optimizer state stay on the device between its steps, and its swapped blocks in host RAM; an
+    expert model.experts leaves out is not loaded for training. The traced step is one expert's."""
+    trained = [e for e in experts if not cfg.model.experts or e.name in cfg.model.experts]
+    idle = len(trained) - 1
+    memory = Memory(memory.weights * (1 + idle), memory.offloaded * len(trained), memory.gradients,
+                    memory.optimizer_state * (1 + idle), memory.activations,
+                    memory.total + idle * (memory.weights + memory.optimizer_state))
+    names = ", ".join(e.name for e in experts)
+    host = f"; host RAM holds their swapped blocks ({gib(offloaded * len(trained))})" if offloaded else ""
+    return memory, (f"{len(experts)} experts ({names}), {len(trained)} trained: a step trains the one its timestep "
+                    f"belongs to; weights and optimizer state are every trained expert's, activations one "
+                    f"expert's{host}")
 
 
 def step_seconds(plan: TrainingPlan, gpu: Gpu, utilization: float) -> float:

@@ -8,7 +8,9 @@ exactly what the uninterrupted run would have: no RNG state needs saving.
 Experts (families with several transformers chosen by timestep): each step's expert is drawn first, from
 (seed, step) alone so every rank trains the same expert, by drawing one flow time from the run's distribution and
 taking the expert that serves it; the step's micro-batches then draw their times from that expert's range only.
-With one expert nothing extra is drawn: the batches are the plain ones.
+With one expert nothing extra is drawn: the batches are the plain ones. Training some of a family's experts only
+(model.experts) draws every time from the run's distribution restricted to their timesteps (rejection sampling,
+which keeps the distribution's shape inside the range).
 """
 
 from __future__ import annotations
@@ -60,13 +62,15 @@ class BatchStream:
         total = sum(mix[k] for k in self.kinds)
         self.probs = torch.tensor([mix[k] / total for k in self.kinds], dtype=torch.float64)
         self.experts = list(experts) if experts else list(adapter.experts())
+        # Training some of a family's experts (model.experts): every time is drawn inside their timesteps.
+        self.clamped = {e.name for e in self.experts} != {e.name for e in adapter.experts()}
         self.step, self.micro = 0, 0
         self.expert: Expert | None = None  # the expert of the current step (several experts only)
 
     def at(self, step: int) -> BatchStream:
         """Position the stream at optimizer step `step` (micro-steps restart)."""
         self.step, self.micro = step, 0
-        self.expert = self.expert_at(step) if len(self.experts) > 1 else None
+        self.expert = self.expert_at(step) if len(self.experts) > 1 or self.clamped else None
         return self
 
     def expert_at(self, step: int) -> Expert:

@@ -75,6 +75,17 @@ def encode_job(cfg: Config, adapter, job: Job, dist: dist_utils.Dist, progress: 
     return {"video": encoded[:n], "reference": encoded[n:]}
 
 
+def trained_experts(cfg: Config, adapter) -> list[Expert]:  # noqa: ANN001 (a models.base.ModelAdapter)
+    """The experts this run trains: model.experts (the loader checked the names), else all of the family's."""
+    return [e for e in adapter.experts() if not cfg.model.experts or e.name in cfg.model.experts]
+
+
+def experts_summary(experts: list[Expert], loras: dict[str, Path]) -> dict[str, dict]:
+    """Each trained expert's timesteps (the boundary, on the sampler's scale after the shift) and its LoRA file."""
+    return {e.name: {"timesteps": e.describe(), "lora": str(loras[e.name]) if e.name in loras else None}
+            for e in experts}
+
+
 def add_loras(cfg: Config, adapter) -> dict[str, nn.Module]:  # noqa: ANN001 (a models.base.ModelAdapter)
     """Every expert's transformer with a trainable LoRA ({expert name: transformer}); `adapter.init_from_existing`
     goes into the expert it is for."""
@@ -83,7 +94,7 @@ def add_loras(cfg: Config, adapter) -> dict[str, nn.Module]:  # noqa: ANN001 (a 
 
     a = cfg.adapter
     transformers = {}
-    for expert in adapter.experts():
+    for expert in trained_experts(cfg, adapter):
         # With block swap the whole model stays on CPU; the trainer moves all but the swapped blocks in.
         model = adapter.load_transformer("cpu" if cfg.training.blocks_to_swap else None, expert=expert.name)
         torch.manual_seed(cfg.seed)  # the LoRA's random init: the same on every rank and in every run
@@ -164,6 +175,8 @@ def run_training(cfg: Config, resume: str | None = None, resume_requested: bool 
                    "lora_checksum_per_rank": checksums}
         if len(result.loras) > 1:
             summary["loras"] = {name: str(p) for name, p in result.loras.items()}
+        if len(adapter.experts()) > 1:  # where the boundary is, and which experts this run trained
+            summary["experts"] = experts_summary(trained_experts(cfg, adapter), result.loras)
         (run_dir.path / "summary.json").write_text(json.dumps(summary, indent=1))
     dist_utils.barrier()
     return result

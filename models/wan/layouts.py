@@ -302,6 +302,8 @@ def wan_transformer_config_from_original(
     dim, heads = cfg["dim"], cfg["num_heads"]
     model_type = cfg.get("model_type", "t2v")
     i2v = model_type in ("i2v", "flf2v")
+    if shapes and "img_emb.proj.0.weight" not in shapes:
+        i2v = False  # no image cross-attention in the weights (Wan2.2-I2V's configs say "i2v" too, without CLIP)
     return {
         "patch_size": list(cfg.get("patch_size", (1, 2, 2))),
         "num_attention_heads": heads,

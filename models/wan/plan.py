@@ -21,10 +21,7 @@ VARIANTS = {
     "wan2.1-i2v-14b-480p": Variant(_WAN14B, _WAN21_ENCODERS, vae=_WAN21_VAE),
     "wan2.1-i2v-14b-720p": Variant(_WAN14B, _WAN21_ENCODERS, vae=_WAN21_VAE),
     "wan2.1-flf2v-14b-720p": Variant({**_WAN14B, "pos_embed_seq_len": 514}, _WAN21_ENCODERS, vae=_WAN21_VAE),
-    # Two experts of this size (high / low noise); a training step runs one of them.
-    "wan2.2-i2v-a14b": Variant({**_WAN14B, "image_dim": None, "added_kv_proj_dim": None},
-                               {"text_encoder": 5.68e9, "vae": 0.127e9}, note="one of the two 14B experts per step",
-                               vae=_WAN21_VAE),
+    # Wan2.2-I2V-A14B is its own family (models/wan22/plan.py).
     "wan2.2-ti2v-5b": Variant(dict(_WAN14B, num_attention_heads=24, ffn_dim=14336, num_layers=30, in_channels=48,
                                    out_channels=48, image_dim=None, added_kv_proj_dim=None),
                               {"text_encoder": 5.68e9, "vae": 0.7e9}, vae_compression=(4, 16)),
