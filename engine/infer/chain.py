@@ -24,9 +24,9 @@ from config.progress import Progress, ProgressEvent, as_progress, report
 from config.schema import Config
 from datasets.preview import to_uint8
 from datasets.samples import with_fill
-from datasets.windows import Window, chain_windows, window_sample
+from datasets.windows import Window, chain_windows, is_long, window_sample
 from engine.encode.cache import EncodeCache, fingerprint
-from engine.infer.generate import Generation, Inputs, Request, apply_loras, load_inputs
+from engine.infer.generate import Generation, Inputs, Request, apply_loras, generate, load_inputs
 from engine.infer.sampler import sample as run_sampler
 from models.registry import family, make_adapter
 
@@ -59,6 +59,14 @@ def blend_into(result: np.ndarray, frames: np.ndarray, w: Window) -> None:
         a = j / w.head
         mixed = (1 - a) * result[w.start + j].astype(np.float32) + a * frames[j].astype(np.float32)
         result[w.start + j] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+
+
+def generate_job(cfg: Config, request: Request, device: torch.device | None = None, progress: Progress | None = None,
+                 inputs: Inputs | None = None) -> Generation:
+    """infer.py's generation: one pass (engine.infer.generate), or window by window for a long job."""
+    if is_long(cfg.data.frames, cfg.data.window):
+        return generate_chained(cfg, request, device, progress, inputs)
+    return generate(cfg, request, device, progress, inputs)
 
 
 def generate_chained(cfg: Config, request: Request, device: torch.device | None = None,

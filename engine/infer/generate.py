@@ -202,10 +202,9 @@ def generate(cfg: Config, request: Request, device: torch.device | None = None, 
     encoders' items, every denoising step ("denoise") and the decode."""
     from engine.encode.samples import encode_with_negative
 
-    if is_long(cfg.data.frames, cfg.data.window):  # a clip longer than the model's window: window by window
-        from engine.infer.chain import generate_chained
-
-        return generate_chained(cfg, request, device, progress, inputs)
+    if is_long(cfg.data.frames, cfg.data.window):  # engine.infer.chain sits above this module
+        raise UserError(f"{cfg.source or 'config'}: a long job (data.frames {cfg.data.frames} > data.window "
+                        f"{cfg.data.window}) is generated window by window: engine.infer.chain.generate_job")
     progress = as_progress(progress)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seconds: dict[str, float] = {}
