@@ -83,6 +83,12 @@ def run_case(case: world.EditCase, seed: int, names: list[str], args, work: Path
     return rows
 
 
+def later_windows(rows: list[dict], name: str, run: tuple[int, int], score: str) -> float:
+    """Mean of `score` over windows 2.. of one variant's run (clip, seed)."""
+    return float(np.nanmean([r[score] for r in rows if r["variant"] == name and (r["clip"], r["seed"]) == run
+                             and r["window"] > 1]))
+
+
 def table(rows: list[dict], names: list[str], windows: int) -> str:
     """One markdown table per score: a row per variant, a column per window, mean over clips and seeds."""
     out = []
@@ -98,6 +104,18 @@ def table(rows: list[dict], names: list[str], windows: int) -> str:
                 cells.append(f"{np.mean(vals):.{digits}f}" if vals else "-")
             out.append(f"| {VARIANTS[name][0]} | " + " | ".join(cells) + " |")
         out.append("")
+    if "chain" in names:  # the remedies against plain chaining, paired by clip and seed, over windows 2..
+        out.append("Paired with plain chaining (same clip and seed, windows 2 and later; runs where the variant is "
+                   "better / runs):\n")
+        for name in [n for n in names if n != "chain"]:
+            cells = []
+            for score, title, _ in SCORES[:3]:
+                diffs = []
+                for run in sorted({(r["clip"], r["seed"]) for r in rows if r["variant"] == name}):
+                    diffs.append(later_windows(rows, name, run, score) - later_windows(rows, "chain", run, score))
+                cells.append(f"{title.split(' PSNR')[0]} {np.mean(diffs):+.2f} dB ({sum(d > 0 for d in diffs)}/"
+                             f"{len(diffs)})")
+            out.append(f"- {VARIANTS[name][0]}: " + ", ".join(cells))
     return "\n".join(out)
 
 
