@@ -73,6 +73,20 @@ def test_long_job_config_errors_are_one_line(sets, message):
     assert load_config(None, [], check_paths=False).data.window == 0  # existing configs: one window
 
 
+@pytest.mark.parametrize("window, frames, message", [(10, 0, "--window 10: must be 4k+1"),
+                                                     (9, 5, "--frames 5: shorter than --window 9")])
+def test_prepare_window_errors_name_the_flag(tmp_path, window, frames, message):
+    from config.errors import UserError
+    from datasets.prepare.job import PrepareRequest, check_request
+
+    (tmp_path / "v.mp4").write_bytes(b"")
+    (tmp_path / "e.png").write_bytes(b"")
+    req = PrepareRequest(video=tmp_path / "v.mp4", edited_frame=tmp_path / "e.png", out=tmp_path / "job",
+                         auto_mask=True, window=window, frames=frames)
+    with pytest.raises(UserError, match=re.escape(message)):
+        check_request(req)
+
+
 @pytest.fixture(scope="module")
 def long_job(tmp_path_factory, tiny_wan_diffusers):
     """prepare.py's job function on a 13-frame clip with --window 5 (the whole clip: three windows)."""
