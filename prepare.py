@@ -105,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     w = p.add_argument_group("frames")
     w.add_argument("--frames", type=int, default=0,
                    help="frames in the job, 4k+1 (default: the model's, 49 for Wan2.1 and HunyuanVideo)")
+    w.add_argument("--window", type=int, default=0,
+                   help="a clip longer than the model's window: the window (4k+1, e.g. 81); the job then covers "
+                   "--frames frames of any count, by default the whole clip from --start")
     w.add_argument("--fps", type=float, default=0.0,
                    help="the job's frame rate (default: the model's, Wan 16, HunyuanVideo 24)")
     w.add_argument("--start", type=float, default=0.0, metavar="SECONDS", help="start of the window in the source")
@@ -185,7 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         reference_frames=args.reference_frames, caption=args.caption, edited_caption=args.edited_caption,
         caption_file=args.caption_file, caption_model=args.caption_model, caption_task=args.caption_task,
         caption_max_tokens=args.caption_max_tokens,
-        trigger=args.trigger, frames=args.frames, fps=args.fps, source_fps=args.source_fps, start=args.start,
+        trigger=args.trigger, frames=args.frames, window=args.window, fps=args.fps,
+        source_fps=args.source_fps, start=args.start,
         size=args.size, resize_mode=args.resize_mode, mask_threshold=args.mask_threshold,
         mask_dilate=args.mask_dilate, mask_bbox=args.mask_bbox, model=args.model, overrides=args.overrides,
         force=args.force, preview=args.make_preview, progress=not args.quiet,

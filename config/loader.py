@@ -128,13 +128,14 @@ def _check_inputs_exist(obj: Any, origin: str, overridden: set[str], prefix: str
             raise ConfigError(f"{where}: {dotted} = '{getattr(obj, name)}' does not exist{_hint(dotted, obj, name)}")
 
 
+MAX_WINDOW = 81  # frames the released image-to-video models make in one pass
+
+
 def _check_consistency(cfg: Config, origin: str) -> None:
     """Rules that involve more than one key or a rule a range cannot express."""
     d, t = cfg.data, cfg.training
     _check_run_name(cfg.name, origin)
-    if (d.frames - 1) % 4:
-        lo = (d.frames - 1) // 4 * 4 + 1
-        raise ConfigError(f"{origin}: data.frames = {d.frames} is not 4k+1 (the VAE needs it); use {lo} or {lo + 4}")
+    _check_window(cfg, origin)
     for key in ("width", "height"):
         v = getattr(d, key)
         if v % 16:
@@ -149,6 +150,27 @@ def _check_consistency(cfg: Config, origin: str) -> None:
         raise ConfigError(f"{origin}: training.clip_frames = {t.clip_frames} is not 4k+1")
     if t.low_cost and t.clip_overlap >= t.clip_frames:
         raise ConfigError(f"{origin}: training.clip_overlap must be below training.clip_frames")
+
+
+def _check_window(cfg: Config, origin: str) -> None:
+    """One pass: data.frames is the window (4k+1, at most 81). A long job (data.window): the window is 4k+1 and
+    the job at least one window long, of any length; the overlap leaves each window something new to make."""
+    d, inf = cfg.data, cfg.inference
+    key, n = ("data.window", d.window) if d.window else ("data.frames", d.frames)
+    if (n - 1) % 4:
+        lo = (n - 1) // 4 * 4 + 1
+        raise ConfigError(f"{origin}: {key} = {n} is not 4k+1 (the VAE needs it); use {lo} or {lo + 4}")
+    if not d.window and d.frames > MAX_WINDOW:
+        raise ConfigError(f"{origin}: data.frames = {d.frames} is longer than one model window ({MAX_WINDOW} at "
+                          "most): set data.window (4k+1, e.g. 81) to edit it window by window")
+    if d.window and d.frames < d.window:
+        raise ConfigError(f"{origin}: data.frames = {d.frames} is shorter than data.window = {d.window}")
+    if d.window and cfg.training.low_cost and cfg.training.clip_frames > d.window:
+        raise ConfigError(f"{origin}: training.clip_frames = {cfg.training.clip_frames} is longer than data.window = "
+                          f"{d.window}")
+    if d.window and ((inf.window_overlap - 1) % 4 or inf.window_overlap >= d.window):
+        raise ConfigError(f"{origin}: inference.window_overlap = {inf.window_overlap} must be 1+4k and below "
+                          f"data.window = {d.window}")
 
 
 def _check_run_name(name: str, origin: str) -> None:

@@ -82,7 +82,10 @@ class DataConfig:
     trigger: str = opt("p3rs0n,", "Trigger token put before every caption (the paper's [p*]).")
     fps: float = opt(0.0, "Frame rate the clip is resampled to. 0: the model's ("
                      + _per_family(lambda s: f"{s.default_fps:g}") + ").", min=0.0, max=120.0)
-    frames: int = opt(49, "Frames in the window; must be 4k+1.", min=1, max=81)
+    frames: int = opt(49, "Frames of the job: the model's window (4k+1, at most 81), or any length with data.window.",
+                      min=1, max=100_000)
+    window: int = opt(0, "Model window for clips longer than one pass (4k+1, at most 81): training samples windows "
+                      "of this length, infer.py chains them. 0: data.frames is the window.", min=0, max=81)
     start: float = opt(0.0, "Start of the window in the source, in seconds.", min=0.0)
     width: int = opt(0, "Frame width, a multiple of 16. 0: the model's, landscape / portrait ("
                      + _per_family(lambda s: f"{s.default_size[0]} / {s.default_size[1]}") + ").", min=0)
@@ -137,6 +140,9 @@ class TrainingConfig:
         0, "Add this many copies of the clip with the edit region recolored (the same in every frame), so the LoRA "
         "learns the region's motion rather than the source's colors.", min=0, max=64,
     )
+    random_windows: int = opt(
+        4, "Long jobs (data.window): windows at random starts trained besides the ones inference cuts (drawn once "
+        "from the seed; each is encoded once).", min=0, max=1000)
     low_cost: bool = opt(False, "Train on short overlapping clips instead of the whole window (Sec. 4.5).")
     clip_frames: int = opt(13, "Frames per short clip in low-cost mode (4k+1).", min=1, max=81)
     clip_overlap: int = opt(1, "Frames shared by consecutive short clips.", min=0)
@@ -193,6 +199,12 @@ class InferenceConfig:
     side_by_side: bool = opt(True, "Also write source | result | mask overlay as one mp4.")
     composite: bool = opt(False, "Paste the kept region back from the source (feathered).")
     composite_feather: int = opt(8, "Feather radius in pixels for composite.", min=0, max=256)
+    window_overlap: int = opt(1, "Long jobs (data.window): frames each window takes whole from the one before "
+                              "(1+4k), blended across.", min=1, max=81)
+    window_anchor: str = opt(
+        "source", "Long jobs: the kept region of the frames a window takes from the one before comes from "
+        "'source' (re-anchored on the source's pixels) or is the 'generated' one as is.",
+        choices=("source", "generated"))
     step_cache: bool = opt(False, "Reuse transformer outputs across similar steps (faster, approximate).")
     step_cache_threshold: float = opt(0.05, "Change below which a step's blocks are skipped.", min=0.0)
 

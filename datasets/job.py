@@ -28,6 +28,7 @@ from datasets.samples import (
     video_sample,
     with_fill,
 )
+from datasets.windows import is_long, long_clip_samples
 from masks import morphology
 from masks.io import read_mask
 from media import FitParams, MediaError
@@ -170,7 +171,10 @@ def training_samples(cfg: Config, job: Job) -> dict[str, list[Sample]]:
     prompt = join_prompt(d.trigger, d.caption)
 
     def clip_samples(frames: np.ndarray, suffix: str = "") -> list[Sample]:
-        if t.low_cost:
+        if is_long(d.frames, d.window):
+            out = long_clip_samples(frames, job.edit_mask, prompt, d.window, cfg.inference.window_overlap,
+                                    t.random_windows, cfg.seed, t.mode, t.low_cost, t.clip_frames, t.clip_overlap)
+        elif t.low_cost:
             out = short_clip_samples(frames, job.edit_mask, prompt, t.clip_frames, t.clip_overlap, t.mode)
         else:
             out = [video_sample(frames, job.edit_mask, prompt, t.mode)]

@@ -98,8 +98,12 @@ class _no_diffusers_warnings:
 
 
 @pytest.mark.skipif(DEEPSPEED is None, reason="deepspeed launcher not installed")
-def test_data_parallel_ranks_end_identical(job, tmp_path):
-    proc = run_train(job, launcher="deepspeed", out=str(tmp_path))
+@pytest.mark.parametrize("overrides", [(), ("data.frames=17", "data.window=9", "training.low_cost=true",
+                                            "training.clip_frames=5")], ids=["window", "long-low-cost"])
+def test_data_parallel_ranks_end_identical(job, tmp_path, overrides):
+    """Also a long job (17 frames, window 9) in low-cost mode: each rank draws its own short clips from the whole
+    clip, and the replicas still end identical."""
+    proc = run_train(job, *overrides, launcher="deepspeed", out=str(tmp_path))
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((run_folder(tmp_path) / "summary.json").read_text())
     sums = summary["lora_checksum_per_rank"]

@@ -41,6 +41,7 @@ from datasets.prepare.folder import JobFolderError
 from datasets.prepare.request import PrepareRequest
 from datasets.prepare.stages import CONFIG, PREVIEW, JobStages, fit_from, source_to_job
 from datasets.samples import join_prompt
+from media import MediaError
 
 __all__ = ["PrepareRequest", "PrepareResult", "check_request", "prepare_job", "source_to_job", "summary"]
 
@@ -48,7 +49,8 @@ __all__ = ["PrepareRequest", "PrepareResult", "check_request", "prepare_job", "s
 OWNED_KEYS = {
     "data.video": "--video", "data.mask": "--mask", "data.edited_frame": "--edited-frame",
     "data.reference_frames": "--reference-frames", "data.fps": "--fps", "data.frames": "--frames",
-    "data.start": "--start", "data.width": "--size", "data.height": "--size", "data.resize_mode": "--resize-mode",
+    "data.window": "--window", "data.start": "--start", "data.width": "--size", "data.height": "--size",
+    "data.resize_mode": "--resize-mode",
     "data.mask_threshold": "--mask-threshold", "data.mask_dilate": "--mask-dilate", "data.mask_bbox": "--mask-bbox",
     "data.caption": "--caption", "data.edited_caption": "--edited-caption", "data.trigger": "--trigger",
     "model.ckpt_path": "--model",
@@ -73,7 +75,12 @@ def check_request(req: PrepareRequest) -> None:
             raise UserError(f"{flag} {p}: no such file or folder")
     if req.out.exists() and not req.out.is_dir():
         raise JobFolderError(f"--out {req.out}: exists and is not a folder")
-    if not 1 <= req.frames <= media.MAX_NUM_FRAMES or not media.is_4k1(req.frames):
+    if req.window:
+        if not 1 <= req.window <= media.MAX_NUM_FRAMES or not media.is_4k1(req.window):
+            raise UserError(f"--window {req.window}: must be 4k+1 and at most {media.MAX_NUM_FRAMES}")
+        if req.frames and req.frames < req.window:
+            raise UserError(f"--frames {req.frames}: shorter than --window {req.window}")
+    elif not 1 <= req.frames <= media.MAX_NUM_FRAMES or not media.is_4k1(req.frames):
         lo = max(1, (req.frames - 1) // 4 * 4 + 1)
         raise UserError(f"--frames {req.frames}: must be 4k+1 and at most {media.MAX_NUM_FRAMES} "
                         f"(the VAE needs it), e.g. {min(lo, 81)} or {min(lo + 4, 81)}")
@@ -106,6 +113,19 @@ def check_request(req: PrepareRequest) -> None:
         load_config(None, req.overrides)  # unknown keys, bad values: fail before any decoding
 
 
+def whole_clip_frames(req: PrepareRequest) -> int:
+    """A long job's frame count when --frames is not given: every job frame from --start to the clip's end."""
+    if req.video.is_dir():
+        duration = len(media.list_image_files(req.video)) / (req.source_fps or req.fps)
+    else:
+        duration = media.probe_video(req.video).duration
+    have = int(np.ceil((duration - req.start) * req.fps - 1e-6))
+    if have < req.window:
+        raise MediaError(f"{req.video}: {max(duration - req.start, 0):.2f} s from {req.start:g} s give {max(have, 0)} "
+                         f"frames at {req.fps:g} fps, fewer than one --window of {req.window}")
+    return have
+
+
 def prepare_job(req: PrepareRequest, progress: Progress | None = None) -> PrepareResult:
     """prepare.py's job: make or update the job folder `req.out`; returns what ran, the stages' meta and timings.
 
@@ -114,6 +134,8 @@ def prepare_job(req: PrepareRequest, progress: Progress | None = None) -> Prepar
     returned in the result.
     """
     check_request(req)
+    if req.window and not req.frames:
+        req.frames = whole_clip_frames(req)
     run = JobStages(req, as_progress(progress))
     video_fp = run.fp(req.video)
     before = run.manifest["inputs"].get("video")

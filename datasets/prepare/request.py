@@ -31,7 +31,8 @@ class PrepareRequest:
     caption_task: str = DEFAULT_TASK
     caption_max_tokens: int = 96
     trigger: str = Config().data.trigger
-    frames: int = 0  # 0: the model family's (49 for Wan2.1 and HunyuanVideo)
+    frames: int = 0  # 0: the model family's (49 for Wan2.1 and HunyuanVideo); with `window`: the whole clip
+    window: int = 0  # a long job's model window (data.window); 0: the job is one window
     fps: float = 0.0  # 0: the model family's rate (Wan 16, HunyuanVideo 24)
     source_fps: float | None = None  # image-folder sources: their frame rate (default: fps)
     start: float = 0.0
@@ -56,7 +57,7 @@ class PrepareRequest:
         self.family = self.family or _family(self.overrides, self.model)
         spec = family(self.family)
         self.fps = self.fps or spec.default_fps
-        self.frames = self.frames or spec.default_frames
+        self.frames = self.frames or (0 if self.window else spec.default_frames)
 
 
 def _family(overrides: list[str], model: Path | None) -> str:

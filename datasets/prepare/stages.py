@@ -398,7 +398,7 @@ class JobStages(JobFolder):
         d.video, d.mask, d.edited_frame = SOURCE, MASKS, EDITED
         d.reference_frames = REFERENCE if has_reference else ""
         d.caption, d.edited_caption, d.trigger = captions["caption"], captions["edited_caption"], r.trigger
-        d.fps, d.frames, d.start = float(r.fps), r.frames, 0.0
+        d.fps, d.frames, d.start, d.window = float(r.fps), r.frames, 0.0, r.window
         d.width, d.height = src["size"]
         d.mask_threshold, d.mask_dilate, d.mask_bbox = 0.5, r.mask_dilate, r.mask_bbox
         if r.model:

@@ -24,6 +24,7 @@ from config.schema import Config
 from datasets.job import Job, inference_sample_for, load_job
 from datasets.preview import to_uint8
 from datasets.samples import Sample
+from datasets.windows import is_long
 from engine.encode.cache import EncodeCache, fingerprint
 from engine.infer.sampler import SamplerSettings, default_shift
 from engine.infer.sampler import sample as run_sampler
@@ -187,6 +188,9 @@ def load_inputs(cfg: Config, request: Request) -> Inputs:
         sample = dataclasses.replace(sample, prompt=request.prompt)
     digest = fingerprint("inference", sample.v_condition, sample.m_condition, sample.clip_image, sample.prompt,
                          cfg.data.latent_mask)
+    if is_long(cfg.data.frames, cfg.data.window):  # chained windows (engine.infer.chain): their settings count too
+        i = cfg.inference
+        digest = fingerprint(digest, "windows", cfg.data.window, i.window_overlap, i.window_anchor)
     return Inputs(job, sample, digest)
 
 
@@ -218,6 +222,9 @@ def generate(cfg: Config, request: Request, device: torch.device | None = None, 
     encoders' items, every denoising step ("denoise") and the decode."""
     from engine.encode.samples import encode_with_negative
 
+    if is_long(cfg.data.frames, cfg.data.window):  # engine.infer.chain sits above this module
+        raise UserError(f"{cfg.source or 'config'}: a long job (data.frames {cfg.data.frames} > data.window "
+                        f"{cfg.data.window}) is generated window by window: engine.infer.chain.generate_job")
     progress = as_progress(progress)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     seconds: dict[str, float] = {}

@@ -27,7 +27,8 @@ from config.loader import load_config, to_dict
 from config.progress import Progress, as_progress
 from config.schema import Config
 from engine.infer import outputs
-from engine.infer.generate import Generation, LoraSpec, Request, build_request, generate, load_inputs, resolve_loras
+from engine.infer.chain import generate_job
+from engine.infer.generate import Generation, LoraSpec, Request, build_request, load_inputs, resolve_loras
 from models.registry import family
 
 SIDECAR = "result.json"
@@ -179,7 +180,7 @@ def run_inference(cfg: Config, loras: list[LoraSpec] | None = None, prompt: str 
     lora_sha = [outputs.sha256_file(s.path) for s in request.loras]
     if replay is not None:
         _check_replay(replay, request, inputs.digest, lora_sha)
-    gen = generate(cfg, request, progress=progress, inputs=inputs)
+    gen = generate_job(cfg, request, progress=progress, inputs=inputs)  # one pass, or window by window
 
     composite = cfg.inference.composite
     frames = gen.frames

@@ -143,6 +143,7 @@ def weightless_adapter(spec: ModelSpec, model: nn.Module, cfg: Config):  # noqa:
 
 
 def job_size(cfg: Config, spec: ModelSpec) -> tuple[int, int, int]:
-    """(frames, height, width) of the job's window; unset sizes take the family's landscape default."""
+    """(frames, height, width) of the job's window (a long job's: data.window); unset sizes take the family's
+    landscape default."""
     w0, h0 = family_spec(spec.family).default_size
-    return cfg.data.frames, cfg.data.height or h0, cfg.data.width or w0
+    return cfg.data.window or cfg.data.frames, cfg.data.height or h0, cfg.data.width or w0

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 
 from config.schema import Config
+from datasets.windows import chain_windows, training_windows
 from engine.plan.gpus import GPUS, GiB, Gpu, seconds
 from engine.plan.model import ModelSpec, job_size
 from engine.plan.steps import StepTrace, composed_step, trace_sampling_step, trace_training_step, trace_vae
@@ -119,6 +120,11 @@ def plan_training(cfg: Config, spec: ModelSpec, composed: bool = False) -> Train
         notes.append(f"stage 2: {t.reference_steps} steps, {t.reference_ratio:.0%} of them on single frames")
     if t.low_cost:
         notes.append(f"low-cost mode: each step trains one {frames}-frame clip of the {cfg.data.frames}-frame window")
+    elif cfg.data.window and cfg.data.frames > cfg.data.window:
+        n = len(training_windows(cfg.data.frames, cfg.data.window, cfg.inference.window_overlap,
+                                 t.random_windows, cfg.seed))
+        notes.append(f"long job: each step trains one {frames}-frame window of the {cfg.data.frames}-frame clip "
+                     f"({n} windows, each encoded once)")
     experts = family(spec.family).experts
     if len(experts) > 1:
         memory, note = _with_experts(cfg, experts, memory, max(tr.offloaded for tr in traces))
@@ -271,7 +277,8 @@ def render_sampling(spec: ModelSpec, cfg: Config, gpus: list[Gpu], utilization: 
     frames, height, width = job_size(cfg, spec)
     tr = trace_sampling_step(spec, cfg, frames, height, width)
     inf = cfg.inference
-    passes = inf.steps * (2 if inf.guidance > 1 else 1)
+    windows = len(chain_windows(cfg.data.frames, frames, inf.window_overlap)) if cfg.data.window else 1
+    passes = inf.steps * (2 if inf.guidance > 1 else 1) * windows
     total = tr.flops * passes
     lines = [
         f"Inference plan: {spec.name} ({spec.family}), {frames} frames at {width}x{height} -> {tr.tokens:,} tokens",
@@ -286,6 +293,10 @@ def render_sampling(spec: ModelSpec, cfg: Config, gpus: list[Gpu], utilization: 
         f"  {'FLOPs per pass':<20} {tflop(tr.flops)} (attention {tflop(tr.attention_flops)})",
         f"  {'FLOPs in total':<20} {tflop(total)}",
     ]
+    if windows > 1:
+        lines.append(f"  long job: {cfg.data.frames} frames as {windows} chained windows of {frames} (overlap "
+                     f"{inf.window_overlap}): memory is one window's, passes and time are all windows'; the "
+                     "transformer stays loaded while each window's VAE encode and decode run (add the VAE's peak)")
     if inf.step_cache:
         lines.append("  note: step_cache skips blocks on some steps; the totals assume every pass runs")
     rows = [(g, seconds(tr.flops, g, utilization), seconds(total, g, utilization)) for g in gpus]

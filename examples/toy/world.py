@@ -86,6 +86,9 @@ class ClipParams:
     texture_angle: float
     frames: int = FRAMES
     size: int = SIZE
+    # Long clips (`long_params`): per shape, the (x_lo, x_hi, y_lo, y_hi) its center bounces between; empty: the
+    # plain straight path of the 9-frame world.
+    bounce: tuple[tuple[float, float, float, float], ...] = ()
 
 
 # ------------------------------------------------------------------------------------------ captions
@@ -206,6 +209,39 @@ def shape_state(s: Shape, t: int) -> tuple[float, float, float, float]:
     return s.x + dx * s.speed * t, s.y + dy * s.speed * t, max(1.0, s.size + s.growth * t), s.angle + s.spin * t
 
 
+def _triangle(t: float, half: float) -> float:
+    """0 at t = 0, rising to `half` at t = half, back to 0 at 2 * half, and so on."""
+    return half - abs(t % (2 * half) - half)
+
+
+def _reflect(v: float, lo: float, hi: float) -> float:
+    """`v` folded into [lo, hi] as a ball bouncing between two walls."""
+    if hi - lo < 1e-6:
+        return lo
+    return lo + _triangle(v - lo, hi - lo)
+
+
+def _bounced(s: Shape, t: int, box: tuple[float, float, float, float]) -> Shape:
+    """The shape of a long clip at frame t, as a still shape (its state at its own frame 0): the center bounces
+    inside `box` and the size grows or shrinks for FRAMES - 1 frames, then turns back."""
+    dx, dy = DIRECTIONS[s.direction]
+    x = _reflect(s.x + dx * s.speed * t, box[0], box[1])
+    y = _reflect(s.y + dy * s.speed * t, box[2], box[3])
+    size = s.size + s.growth * _triangle(t, FRAMES - 1)
+    return dataclasses.replace(s, x=x, y=y, size=size, angle=s.angle + s.spin * t, speed=0.0, growth=0.0, spin=0.0)
+
+
+def long_params(seed: int, frames: int, size: int = SIZE) -> ClipParams:
+    """Clip `seed` of the 9-frame world, `frames` long: each shape bounces inside the box its 9-frame path was
+    placed in (so it stays in the frame) and its growth turns back every 8 frames."""
+    p = sample_params(seed, FRAMES, size)
+    boxes = []
+    for s in p.shapes:
+        reach = min(max(s.size, s.size + s.growth * (FRAMES - 1)), 0.3 * size)
+        boxes.append((min(reach, s.x), max(size - reach, s.x), min(reach, s.y), max(size - reach, s.y)))
+    return dataclasses.replace(p, frames=frames, bounce=tuple(boxes))
+
+
 def _inside(kind: str, u: np.ndarray, v: np.ndarray, r: float) -> np.ndarray:
     """Subpixels inside a shape of `kind` and size r, in its own (rotated) coordinates u, v."""
     if kind == "square":
@@ -243,8 +279,11 @@ def render(p: ClipParams) -> tuple[np.ndarray, np.ndarray]:
     for t in range(p.frames):
         img = bg.copy()
         for i, s in enumerate(p.shapes):
-            win = _window(s, t, n)  # painting only the shape's bounding box is ~10x faster than the frame
-            covered, color = _paint(s, t, x[win], y[win])
+            tt = t
+            if p.bounce:
+                s, tt = _bounced(s, t, p.bounce[i]), 0
+            win = _window(s, tt, n)  # painting only the shape's bounding box is ~10x faster than the frame
+            covered, color = _paint(s, tt, x[win], y[win])
             img[win][covered] = color[covered]
             full = np.zeros((n * ss, n * ss), dtype=bool)
             full[win] = covered
@@ -335,6 +374,15 @@ class EditCase:
 def edit_case(seed: int, kind: str = "recolor", frames: int = FRAMES, size: int = SIZE) -> EditCase:
     """An edit of `kind` on shape 0 of clip `seed`; shape 0 is the bottom one, so a second shape may occlude it."""
     p, q = edit_params(sample_params(seed, frames, size), kind)
+    src, masks = render(p)
+    dst, edited_masks = render(q)
+    return EditCase(p, q, src, dst, masks[0] | edited_masks[0], kind)
+
+
+def long_edit_case(seed: int, kind: str = "recolor", frames: int = 33, size: int = SIZE) -> EditCase:
+    """`edit_case` on the long version of clip `seed` (`long_params`): the edit keeps the source's bounce box, so
+    the edited shape follows the source's path exactly."""
+    p, q = edit_params(long_params(seed, frames, size), kind)
     src, masks = render(p)
     dst, edited_masks = render(q)
     return EditCase(p, q, src, dst, masks[0] | edited_masks[0], kind)
