@@ -162,6 +162,8 @@ class TrainingConfig:
                               max=81)
     preview_clip_model: str = opt("", "A local CLIP model folder: adds CLIP similarity of the edit region to the "
                                   "score.", path="in")
+    preview_truth: str = opt("", "The exactly edited clip, when one exists (the toy jobs' truth/): its PSNR is "
+                             "reported beside the scores, never used to select.", path="in")
     early_stop: int = opt(0, "Stop the last stage when the combined preview score has not improved for this many "
                           "previews; 0: off.", min=0, max=1000)
 

@@ -45,7 +45,7 @@ from engine.encode.cache import EncodeCache
 from engine.encode.samples import encode_with_negative
 from engine.evaluate import metrics as M
 from engine.evaluate.combined import combined_score
-from engine.evaluate.job import EvalInputs, ResultVideo, references, score_result
+from engine.evaluate.job import EvalInputError, EvalInputs, ResultVideo, references, score_result
 from engine.infer.generate import build_request, load_inputs, sample_latents
 from engine.infer.outputs import side_by_side
 from media.viewing import enlarge, label_band, labelled_sheet, outlined_overlay, view_scale
@@ -54,7 +54,8 @@ FOLDER = "previews"
 INDEX = "previews.jsonl"
 LAST_LORA = "lora_last.safetensors"  # the last step's LoRA when previews select lora.safetensors
 AUTO_PREVIEWS = 5  # 'auto': previews per run (README "Previews and selection": the measured budget)
-SCORE_KEYS = ("psnr_kept", "ssim_kept", "hist_distance", "delta_e", "warp_error_edit", "clip_region")
+SCORE_KEYS = ("psnr_kept", "ssim_kept", "hist_distance", "delta_e", "warp_error_edit", "clip_region",
+              "psnr_truth", "psnr_truth_edit")  # the last two only with training.preview_truth
 
 
 def interval(cfg: Config, total_steps: int) -> int | None:
@@ -120,7 +121,8 @@ class Previews:
         self.encoded = self.negative = None
         self.clip = None
         job = self.inputs.job
-        self.eval_inputs = EvalInputs(job.frames, job.edit_mask, job.edited_first, job.fps, [])
+        truth = _truth(cfg.training.preview_truth, job.frames, job.fps) if cfg.training.preview_truth else None
+        self.eval_inputs = EvalInputs(job.frames, job.edit_mask, job.edited_first, job.fps, [], truth=truth)
         self._refs = None
         self._source_warp = None
 
@@ -304,6 +306,16 @@ def _add_animation(writer, tag: str, frames: np.ndarray, fps: float, step: int) 
     image = Summary.Image(height=frames.shape[1], width=frames.shape[2], colorspace=3,
                           encoded_image_string=buf.getvalue())
     writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+def _truth(path: str, frames: np.ndarray, fps: float) -> np.ndarray:
+    """The ground-truth clip's first frames, as many as the preview has (training.preview_frames may cut them)."""
+    truth = media.read_frames(path, fps=fps).frames[:len(frames)]
+    if truth.shape[:3] != frames.shape[:3]:
+        have, want = truth.shape, frames.shape
+        raise EvalInputError(f"training.preview_truth {path}: {have[0]} frames of {have[2]}x{have[1]}, the preview "
+                             f"has {want[0]} of {want[2]}x{want[1]}")
+    return truth
 
 
 def _rng_states() -> tuple:
