@@ -151,7 +151,7 @@ class TrainingConfig:
     # Training previews (engine/train/previews.py; README "Previews and selection"): each one generates the edit
     # with the current LoRA, scores it without ground truth and keeps the best LoRA as lora.safetensors.
     preview_every_n_steps: int | str = opt(
-        "off", "Preview the edit every N steps (and at the last step): 'off', 'auto' (5 per run, the measured "
+        "off", "Preview the edit every N steps (and at the last step): 'off', 'auto' (4 per run, the measured "
         "budget) or N.", words=("off", "auto"), min=1, max=MAX_STEPS,
     )
     preview_steps: int = opt(10, "Sampler steps of a preview (cheap: inference.steps is for the result).", min=1,

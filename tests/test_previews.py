@@ -26,7 +26,7 @@ ENV = {**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO), "OMP_NUM_
 
 def test_schedule_auto_and_the_config_words(tmp_path):
     cfg = load_config(None, ["training.preview_every_n_steps='auto'"], check_paths=False)
-    assert interval(cfg, 100) == 20 and schedule(20, 100) == [20, 40, 60, 80, 100]
+    assert interval(cfg, 100) == 25 and schedule(25, 100) == [25, 50, 75, 100]
     assert schedule(30, 100) == [30, 60, 90, 100]  # the last step is always previewed
     assert interval(load_config(None, check_paths=False), 100) is None  # off by default
     seven = load_config(None, ["training.preview_every_n_steps=7"], check_paths=False)
