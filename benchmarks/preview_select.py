@@ -76,6 +76,11 @@ def lora_at(run: Path, step: int, total: int) -> Path:
     return run / ("lora_last.safetensors" if step == total else f"lora_step{step:06d}.safetensors")
 
 
+def default_grid(total: int, every: int) -> int:
+    """The default schedule's interval ('auto': AUTO_PREVIEWS per run) rounded to the dense grid's LoRA files."""
+    return every * max(1, round(total / AUTO_PREVIEWS / every))
+
+
 def analyse(cfg, run: Path, truth: np.ndarray, patiences: list[int], every: int) -> dict:
     history = [json.loads(x) for x in (run / "previews" / "previews.jsonl").read_text().splitlines()]
     summary = json.loads((run / "summary.json").read_text())
@@ -87,7 +92,7 @@ def analyse(cfg, run: Path, truth: np.ndarray, patiences: list[int], every: int)
            "spearman": spearman([h["combined"] for h in history], [h["scores"]["psnr_truth"] for h in history]),
            "total": total}
     row["fixed"] = full_psnr(cfg, lora_at(run, total, total), truth, memo)
-    auto = set(schedule(math.ceil(total / AUTO_PREVIEWS), total))
+    auto = set(schedule(default_grid(total, every), total))
     for name, subset in (("dense", history), ("auto", [h for h in history if h["step"] in auto])):
         best = best_entry(subset)
         row[f"pick_{name}"] = {"step": best["step"], "psnr": full_psnr(cfg, lora_at(run, best["step"], total), truth,
@@ -109,10 +114,11 @@ def analyse(cfg, run: Path, truth: np.ndarray, patiences: list[int], every: int)
 
 def table(rows: list[dict], patiences: list[int], every: int) -> str:
     rho = [r["spearman"] for r in rows if r["spearman"] is not None]
-    lines = [f"{len(rows)} runs; previews every {every} steps (dense) and the default schedule (auto: "
-             f"{AUTO_PREVIEWS} per run). Spearman(combined score, ground-truth whole-frame PSNR) across a run's "
-             f"previews: median {np.median(rho):+.2f}, mean {np.mean(rho):+.2f}, positive in "
-             f"{sum(r > 0 for r in rho)}/{len(rho)} runs.", "",
+    grid = default_grid(rows[0]["total"], every)
+    lines = [f"{len(rows)} runs of {rows[0]['total']} steps; previews every {every} steps (dense) and, as 'auto' "
+             f"({AUTO_PREVIEWS} per run), every {grid} steps and the last. Spearman(combined score, "
+             f"ground-truth whole-frame PSNR) across a run's previews: median {np.median(rho):+.2f}, mean "
+             f"{np.mean(rho):+.2f}, positive in {sum(r > 0 for r in rho)}/{len(rho)} runs.", "",
              "| choice | PSNR dB (mean) | vs fixed step: better / worse / same | mean diff dB | median diff dB | "
              "steps saved (mean) |", "|---|---|---|---|---|---|"]
     fixed = np.array([r["fixed"] for r in rows])
@@ -150,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", type=Path, default=REPO / "examples" / "toy" / "model")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "preview-select")
     ap.add_argument("--shard", default="0/1", help="i/n: every n-th run from i (parallel processes)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="redo the analysis of the finished runs (their run folders) and print the table")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("TOY_THREADS", "1")))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -168,7 +176,14 @@ def main(argv: list[str] | None = None) -> int:
     variant = toy_ablation.BY_NAME["default"]
     todo = [(world.edit_case(s, kinds[i % len(kinds)]), seed) for i, s in enumerate(seeds) for seed in range(args.runs)]
     for n, (case, seed) in enumerate(todo):
-        if (case.params.seed, seed) in done or n % nshards != shard:
+        if args.report_only and (case.params.seed, seed) in done:
+            job = toy_ablation.case_job(case, work)
+            cfg = toy_ablation.job_config(job, work, args.model.resolve(), seed, variant, args)
+            old = done[(case.params.seed, seed)]
+            done[(case.params.seed, seed)] = {**old, **analyse(cfg, Path(old["run"]), jobs.read_truth(job)[0],
+                                                               patiences, args.every)}
+            continue
+        if args.report_only or (case.params.seed, seed) in done or n % nshards != shard:
             continue
         from engine.train.job import run_training
 
