@@ -6,7 +6,8 @@
 (toy) examples/toy.toml as shipped (its example job) trained `--pairs` times with the default previews
 ('auto', training.preview_* defaults) and without, alternately in one process, the order flipped every pair: the
 ratio of the training loop's wall time (TrainResult.seconds: steps, previews, LoRA files) with previews to
-without, per pair, and its median.
+without, per pair, and its median; and, within each run with previews, the previews' own time (previews.jsonl)
+over the rest of its loop, which a machine whose load changes between runs does not skew.
 (plan) The FLOP model of train.py --plan and infer.py --plan for examples/edit.toml (the paper's settings): a
 training step against a preview with the defaults (training.preview_steps transformer passes at guidance 1, plus
 the VAE decode, counted by torch's FLOP counter on the meta device), times the previews 'auto' makes in 100 steps.
@@ -41,7 +42,7 @@ def part_toy(pairs: int, work: Path) -> None:
     toml = REPO / "examples" / "toy.toml"
     base = [f"output_dir='{work}'", f"data.cache_dir='{work / 'cache'}'"]
     run_training(load_config(toml, [*base, "training.steps=2", "training.reference_steps=1"]), progress=False)  # warm
-    ratios, seconds = [], {"on": [], "off": []}
+    ratios, seconds, shares = [], {"on": [], "off": []}, []
     preview_seconds = []
     for i in range(pairs):
         order = ("on", "off") if i % 2 == 0 else ("off", "on")
@@ -55,13 +56,17 @@ def part_toy(pairs: int, work: Path) -> None:
                 entries = [json.loads(x) for x in (result.run_dir / "previews" / "previews.jsonl").read_text()
                            .splitlines()]
                 preview_seconds += [e["seconds"] for e in entries]
+                spent = sum(e["seconds"] for e in entries)
+                shares.append(spent / (result.seconds - spent))  # the same run's own steps: immune to load swings
         ratios.append(got["on"] / got["off"])
         print(f"pair {i + 1}: with previews {got['on']:.1f} s, without {got['off']:.1f} s, ratio {ratios[-1]:.3f}",
               flush=True)
     print(f"toy ({len(ratios)} interleaved pairs): training loop with previews / without, median "
           f"{statistics.median(ratios):.3f} (pairs: {', '.join(f'{r:.3f}' for r in ratios)}); median seconds "
           f"{statistics.median(seconds['on']):.1f} vs {statistics.median(seconds['off']):.1f}; one preview median "
-          f"{statistics.median(preview_seconds):.2f} s ({len(preview_seconds)} previews)")
+          f"{statistics.median(preview_seconds):.2f} s ({len(preview_seconds)} previews); previews' time over the "
+          f"rest of the same run's loop: median {statistics.median(shares):.3f} "
+          f"({', '.join(f'{x:.3f}' for x in shares)})")
 
 
 def _tflop(text: str, label: str) -> float:

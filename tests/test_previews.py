@@ -76,13 +76,13 @@ def runs(tmp_path_factory, tiny_wan_diffusers) -> dict:
 
         times = {{}}
         t0 = time.perf_counter()
-        on = run_training(cfg({str(root / 'on')!r}, "training.preview_every_n_steps=2"))
+        on = run_training(cfg({str(root / 'on')!r}, "training.preview_every_n_steps=2", "training.preview_steps=3"))
         times["on"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         off = run_training(cfg({str(root / 'off')!r}))
         times["off"] = time.perf_counter() - t0
         stop_cfg = cfg({str(root / 'stop')!r}, "optimizer.lr=0.0", "training.steps=10",
-                       "training.preview_every_n_steps=1", "training.early_stop=2")
+                       "training.preview_every_n_steps=1", "training.early_stop=2", "training.preview_steps=2")
         stopped = run_training(stop_cfg)
         resumed = run_training(stop_cfg, resume=str(stopped.run_dir), resume_requested=True)
         print(json.dumps({{"on": str(on.run_dir), "off": str(off.run_dir), "stop": str(stopped.run_dir),
