@@ -54,6 +54,14 @@ def _suggest(key: str, valid: Iterable[str]) -> str:
 def _check_value(where: str, f: dataclasses.Field, value: Any) -> Any:
     """Type-check one value against its field; returns it (ints widened to float where a float is due)."""
     meta = f.metadata
+    if "words" in meta:  # a count or one of a few words ('off', 'auto'): TOML gives an int or a string
+        if isinstance(value, str) and value in meta["words"]:
+            return value
+        if not isinstance(value, int) or isinstance(value, bool) or not meta["min"] <= value <= meta["max"]:
+            words = ", ".join(repr(w) for w in meta["words"])
+            raise ConfigError(f"{where} must be {words} or a whole number from {meta['min']} to {meta['max']}, "
+                              f"got {value!r}")
+        return value
     want = type(_default(f))
     if want is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
@@ -150,6 +158,9 @@ def _check_consistency(cfg: Config, origin: str) -> None:
         raise ConfigError(f"{origin}: training.clip_frames = {t.clip_frames} is not 4k+1")
     if t.low_cost and t.clip_overlap >= t.clip_frames:
         raise ConfigError(f"{origin}: training.clip_overlap must be below training.clip_frames")
+    if t.preview_frames and ((t.preview_frames - 1) % 4 or t.preview_frames > d.frames):
+        raise ConfigError(f"{origin}: training.preview_frames = {t.preview_frames} must be 4k+1 and at most "
+                          f"data.frames ({d.frames}); 0 previews all of them")
 
 
 def _check_window(cfg: Config, origin: str) -> None:

@@ -163,6 +163,24 @@ class TrainingConfig:
     save_every_n_steps: int = opt(50, "Write a LoRA file every N steps (and at the end); 0: end only.", min=0)
     checkpoint_every_n_steps: int = opt(0, "Write a resumable engine checkpoint every N steps; 0: off.", min=0)
     checkpoint_every_n_minutes: float = opt(30.0, "Write a resumable checkpoint every N minutes; 0: off.", min=0.0)
+    # Training previews (engine/train/previews.py; README "Previews and selection"): each one generates the edit
+    # with the current LoRA, scores it without ground truth and keeps the best LoRA as lora.safetensors.
+    preview_every_n_steps: int | str = opt(
+        "off", "Preview the edit every N steps (and at the last step): 'off', 'auto' (4 per run, the measured "
+        "budget) or N.", words=("off", "auto"), min=1, max=MAX_STEPS,
+    )
+    preview_steps: int = opt(10, "Sampler steps of a preview (cheap: inference.steps is for the result).", min=1,
+                             max=1000)
+    preview_guidance: float = opt(1.0, "Guidance of a preview; 1 = one pass per step (no negative prompt).", min=0.0)
+    preview_step_cache: bool = opt(True, "Reuse transformer outputs across similar preview steps (faster).")
+    preview_frames: int = opt(0, "Frames of a preview (the window's first N, 4k+1); 0: all of the job's.", min=0,
+                              max=81)
+    preview_clip_model: str = opt("", "A local CLIP model folder: adds CLIP similarity of the edit region to the "
+                                  "score.", path="in")
+    preview_truth: str = opt("", "The exactly edited clip, when one exists (the toy jobs' truth/): its PSNR is "
+                             "reported beside the scores, never used to select.", path="in")
+    early_stop: int = opt(0, "Stop the last stage when the combined preview score has not improved for this many "
+                          "previews; 0: off.", min=0, max=1000)
 
 
 @dataclass

@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_quickstart_runs_end_to_end_on_the_toy_model(tmp_path):
     env = {**os.environ, "QUICKSTART_OUT": str(tmp_path / "qs"), "QUICKSTART_STEPS": "2",
            "QUICKSTART_INFER_STEPS": "2", "DS_ACCELERATOR": "cpu",
+           "QUICKSTART_PREVIEWS": "2",  # 2 previews, not 3 (CI time): tests/test_previews.py tests them
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("QUICKSTART_MODEL", None)  # the default: examples/toy/model
     proc = subprocess.run(["bash", "examples/quickstart.sh"], cwd=REPO, env=env, capture_output=True, text=True,
@@ -34,6 +35,7 @@ def test_quickstart_runs_end_to_end_on_the_toy_model(tmp_path):
     assert load_file(lora) and (lora.parent / "lora_stage1.safetensors").exists()  # stage 2 ran after stage 1
     assert (out / "job" / "reference" / "8.png").exists()  # the edited later frame reached the job
     assert (out / "job" / "preview" / "summary.json").exists()
+    assert [e["step"] for e in json.loads((lora.parent / "summary.json").read_text())["previews"]] == [2, 3]
     # Both results (with and without the LoRA) scored against the exact ground truth, shown side by side.
     report = json.loads((out / "compare" / "evaluation.json").read_text())
     assert [r["label"] for r in report["results"]] == ["result/result.mp4", "no-lora/result.mp4"]

@@ -194,8 +194,9 @@ def _mean(values: list, frames: range | None = None) -> float | None:
 
 
 @dataclass
-class _Shared:
-    """What every result is compared with, computed once."""
+class References:
+    """What every result is compared with, computed once (`references`): the source's optical flow, the edited
+    frame's edit-region colour and, with a CLIP model, its embeddings."""
 
     pairs: list[M.WarpPair]
     ref_lab: np.ndarray | None
@@ -205,7 +206,8 @@ class _Shared:
     edited_crop_emb: np.ndarray | None = None
 
 
-def _clip_per_frame(clip: ClipImageEncoder, result: np.ndarray, edit: np.ndarray, shared: _Shared) -> dict[str, list]:
+def _clip_per_frame(clip: ClipImageEncoder, result: np.ndarray, edit: np.ndarray, shared: References
+                    ) -> dict[str, list]:
     """CLIP similarities per frame: full frame vs edited frame (CLIP score), vs source (input similarity),
     edit-region crop vs the edited frame's crop."""
     t = len(result)
@@ -224,7 +226,7 @@ def _clip_per_frame(clip: ClipImageEncoder, result: np.ndarray, edit: np.ndarray
     return out
 
 
-def score_result(res: ResultVideo, inputs: EvalInputs, shared: _Shared, clip: ClipImageEncoder | None,
+def score_result(res: ResultVideo, inputs: EvalInputs, shared: References, clip: ClipImageEncoder | None,
                  mean_frames: range) -> dict:
     """Per-frame metrics and their means for one result."""
     src, edit, result = inputs.source, inputs.edit_mask, res.frames
@@ -266,12 +268,27 @@ def score_result(res: ResultVideo, inputs: EvalInputs, shared: _Shared, clip: Cl
     return {"path": str(res.path), "sidecar": res.sidecar, "summary": summary, "per_frame": per}
 
 
+def references(inputs: EvalInputs, clip: ClipImageEncoder | None = None) -> References:
+    """What every result of `inputs` is scored against (`score_result`): computed once per source."""
+    src, edit, edited = inputs.source, inputs.edit_mask, inputs.edited_first
+    shared = References(M.flow_pairs(src), None, None)
+    if edited is not None:
+        shared.ref_lab, shared.ref_hist = M.mean_lab(edited, edit[0]), M.lab_histogram(edited, edit[0])
+    if clip is not None:
+        shared.source_emb = clip.embed(list(src))
+        if edited is not None:
+            shared.edited_emb = clip.embed([edited])
+            box = M.square_box(edit[0])
+            shared.edited_crop_emb = clip.embed([M.crop(edited, box)]) if box is not None else None
+    return shared
+
+
 def evaluate(inputs: EvalInputs, clip_model: str | Path | None = None, include_first: bool = False,
              progress: Progress | None = None) -> dict:
     """Score every result; returns the report (plain data; see write_json for inf/None). `progress` hears what is
     being computed (phase "evaluate")."""
     progress = as_progress(progress)
-    src, edit, edited = inputs.source, inputs.edit_mask, inputs.edited_first
+    src, edit = inputs.source, inputs.edit_mask
     t = len(src)
     mean_frames = range(0 if include_first else 1, t)
     clip = None
@@ -281,15 +298,7 @@ def evaluate(inputs: EvalInputs, clip_model: str | Path | None = None, include_f
         report(progress, "evaluate", message=f"CLIP model {clip_model}...")
         clip = ClipImageEncoder(clip_model)
     report(progress, "evaluate", message=f"optical flow on the source ({t - 1} pairs)...")
-    shared = _Shared(M.flow_pairs(src), None, None)
-    if edited is not None:
-        shared.ref_lab, shared.ref_hist = M.mean_lab(edited, edit[0]), M.lab_histogram(edited, edit[0])
-    if clip is not None:
-        shared.source_emb = clip.embed(list(src))
-        if edited is not None:
-            shared.edited_emb = clip.embed([edited])
-            box = M.square_box(edit[0])
-            shared.edited_crop_emb = clip.embed([M.crop(edited, box)]) if box is not None else None
+    shared = references(inputs, clip)
     src_warp, src_warp_edit = M.warp_errors(src, shared.pairs), M.warp_errors(src, shared.pairs, edit)
     scored = []
     for res in inputs.results:

@@ -26,9 +26,10 @@ from datasets.preview import to_uint8
 from datasets.samples import Sample
 from datasets.windows import is_long
 from engine.encode.cache import EncodeCache, fingerprint
+from engine.encode.samples import EncodedSample
 from engine.infer.sampler import SamplerSettings, default_shift
 from engine.infer.sampler import sample as run_sampler
-from models.base import ModelAdapter
+from models.base import Conditioning, ModelAdapter
 from models.family import Expert
 from models.registry import family, make_adapter
 
@@ -216,6 +217,14 @@ def apply_loras(adapter: ModelAdapter, loras: list[LoraSpec]) -> None:
             raise e if str(spec.path) in str(e) else type(e)(f"{spec.path}: {e}") from None
 
 
+def sample_latents(cfg: Config, adapter: ModelAdapter, request: Request, encoded: EncodedSample,
+                   negative: Conditioning | None, progress: Progress | None = None) -> torch.Tensor:
+    """The request's latents from its encoded sample with the adapter's loaded transformer(s): generate()'s
+    sampling, also used by training previews on the transformer being trained."""
+    return run_sampler(adapter, encoded.conditioning(), negative, request.sampler, request.seed,
+                       family(cfg.model.type).scheduler_config_for(cfg.model.ckpt_path), progress)
+
+
 def generate(cfg: Config, request: Request, device: torch.device | None = None, progress: Progress | None = None,
              inputs: Inputs | None = None) -> Generation:
     """Run one generation; `inputs` from `load_inputs` if the caller already checked them. `progress` hears of the
@@ -247,8 +256,7 @@ def generate(cfg: Config, request: Request, device: torch.device | None = None, 
     apply_loras(adapter, request.loras)
     seconds["load"] = time.perf_counter() - t1
     t2 = time.perf_counter()
-    latents = run_sampler(adapter, encoded.conditioning(), negative, request.sampler, request.seed,
-                          family(cfg.model.type).scheduler_config_for(cfg.model.ckpt_path), progress)
+    latents = sample_latents(cfg, adapter, request, encoded, negative, progress)
     seconds["denoise"] = time.perf_counter() - t2
     adapter.unload_transformers()
 

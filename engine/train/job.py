@@ -20,6 +20,7 @@ from engine.encode.cache import EncodeCache
 from engine.encode.samples import encode_samples
 from engine.train import checkpoint as ckpt
 from engine.train import distributed as dist_utils
+from engine.train.previews import LAST_LORA, Previews
 from engine.train.run_dir import RunDir, find_resume
 from engine.train.trainer import StagePlan, Trainer, TrainResult
 from models.family import Expert
@@ -59,20 +60,24 @@ def plan_stages(cfg: Config, encoded: dict[str, list]) -> list[StagePlan]:
     return stages
 
 
-def encode_job(cfg: Config, adapter, job: Job, dist: dist_utils.Dist, progress: Progress | None = None
-               ) -> dict[str, list]:
-    """Rank 0 encodes (and fills the cache) first; the other ranks then read the cache."""
+def encode_job(cfg: Config, adapter, job: Job, dist: dist_utils.Dist, progress: Progress | None = None,
+               previews: Previews | None = None) -> dict[str, list]:
+    """Rank 0 encodes (and fills the cache) first; the other ranks then read the cache. The previews' inference
+    sample is encoded along (the same cache entries infer.py reads), so no encoder runs during training."""
     samples = training_samples(cfg, job)
     flat = samples["video"] + samples["reference"]
+    extra = [previews.sample] if previews is not None else []
     cache = EncodeCache(cfg.data.cache_dir)
     encoded = None
     for turn in (True, False):
         if dist.is_main == turn:
-            encoded, _ = encode_samples(adapter, flat, cache, cfg.data.latent_mask, progress=progress)
+            encoded, _ = encode_samples(adapter, flat + extra, cache, cfg.data.latent_mask, progress=progress)
+            if previews is not None and dist.is_main:
+                previews.encode(adapter, cache, progress)
         dist_utils.barrier()
     adapter.unload()
     n = len(samples["video"])
-    return {"video": encoded[:n], "reference": encoded[n:]}
+    return {"video": encoded[:n], "reference": encoded[n:len(flat)]}
 
 
 def trained_experts(cfg: Config, adapter) -> list[Expert]:  # noqa: ANN001 (a models.base.ModelAdapter)
@@ -108,6 +113,18 @@ def add_loras(cfg: Config, adapter) -> dict[str, nn.Module]:  # noqa: ANN001 (a 
     return transformers
 
 
+def make_previews(cfg: Config, dist: dist_utils.Dist) -> Previews | None:
+    """The run's previews when `training.preview_every_n_steps` asks for them (their inputs checked now, before
+    any model loads); None when off, or with pipeline stages (no rank holds the whole transformer)."""
+    if cfg.training.preview_every_n_steps == "off":
+        return None
+    if cfg.training.pipeline_stages > 1:
+        warnings.warn("training previews need the whole transformer on one rank: off with training.pipeline_stages "
+                      f"= {cfg.training.pipeline_stages}", stacklevel=2)
+        return None
+    return Previews(cfg, dist.is_main)
+
+
 def run_training(cfg: Config, resume: str | None = None, resume_requested: bool = False, *,
                  progress: Progress | None = None, stop: StopSignal | None = None) -> TrainResult:
     """train.py's job: encode the job once, fit the LoRA (each expert's), write the run folder.
@@ -128,7 +145,8 @@ def run_training(cfg: Config, resume: str | None = None, resume_requested: bool 
     progress = as_progress(progress)
     adapter = make_adapter(cfg.model, dist.device)
     job = load_job(cfg, edited=False)
-    encoded = encode_job(cfg, adapter, job, dist, progress)
+    previews = make_previews(cfg, dist)
+    encoded = encode_job(cfg, adapter, job, dist, progress, previews)
     stages = plan_stages(cfg, encoded)
     if not stages:
         raise UserError("no stage to train: training.steps is 0 and there are no reference frames")
@@ -151,10 +169,15 @@ def run_training(cfg: Config, resume: str | None = None, resume_requested: bool 
                         config_toml=config_text, several_experts=expert is not None)
 
     trainer = Trainer(cfg, dist, adapter, transformers, stages, run_dir, save)
+    if previews is not None:
+        previews.start(run_dir.path, trainer.total_steps)
+        trainer.previews = previews
     if tag:
         trainer.load_checkpoint(run_dir.checkpoints, tag)
         if dist.is_main:
             run_dir.trim_metrics(trainer.step)
+        if previews is not None:
+            previews.restore(trainer.step)
     writer = None
     if dist.is_main:
         from torch.utils.tensorboard import SummaryWriter
@@ -172,7 +195,11 @@ def run_training(cfg: Config, resume: str | None = None, resume_requested: bool 
                    "lora": str(result.lora) if result.lora else None, "interrupted": result.interrupted,
                    "world_size": dist.world_size, "pipeline_stages": cfg.training.pipeline_stages,
                    "stages": [{"name": s.name, "steps": s.steps, "mix": s.mix} for s in stages],
-                   "lora_checksum_per_rank": checksums}
+                   "lora_checksum_per_rank": checksums, "stop_reason": result.stop_reason}
+        if previews is not None:
+            summary.update(previews.summary())
+            if not result.interrupted:
+                summary["lora_last"] = str(run_dir.path / LAST_LORA)
         if len(result.loras) > 1:
             summary["loras"] = {name: str(p) for name, p in result.loras.items()}
         if len(adapter.experts()) > 1:  # where the boundary is, and which experts this run trained

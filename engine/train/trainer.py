@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from config.atomic import atomic_path
 from config.errors import UserError
 from config.progress import Progress, StopSignal, as_progress, report, stop_requested
 from config.schema import Config
@@ -137,6 +138,7 @@ class TrainResult:
     losses: list[float] = field(default_factory=list)
     interrupted: bool = False
     loras: dict[str, Path] = field(default_factory=dict)  # expert name -> its final LoRA file
+    stop_reason: str = ""  # why the run ended where it did (early stop, all steps, a stop request)
 
 
 @dataclass
@@ -181,6 +183,7 @@ class Trainer:
         self.step = 0
         self.saved_step: int | None = None  # the step of the newest checkpoint on disk (None: none yet)
         self._stop = False
+        self.previews = None  # engine.train.previews.Previews when training previews are on (set by the job)
 
     def _build(self, expert: Expert, transformer: nn.Module, partitions: list[str], several: bool) -> ExpertRun:
         """The expert's pipeline module, optimizer, schedule, block swap and DeepSpeed engine."""
@@ -314,12 +317,14 @@ class Trainer:
         by_name = {part.expert.name: part for part in self.parts}
         start, losses, last_ckpt = time.time(), [], time.time()
         interrupted = False
+        # a resumed run that had stopped early stops again at once: its preview history says so
+        early = self._early_stop_reason()
         report(progress, "train", self.step, self.total_steps, self.stages[0].name if self.stages else "")
         offset = 0
         for stage in self.stages:
             stream = BatchStream(self.adapter, stage.pools, stage.mix, t.micro_batch_size_per_gpu, cfg.seed,
                                  dp_rank, times, t.edit_loss_weight, self.engine.device, experts=experts)
-            while self.step < offset + stage.steps:
+            while self.step < offset + stage.steps and not early:
                 t0 = time.time()
                 part = by_name[stream.expert_at(self.step).name]
                 self._schedule(part)
@@ -332,6 +337,10 @@ class Trainer:
                 self._log(writer, part, loss, time.time() - t0, stage.name, self._tokens_per_step(stage))
                 if t.save_every_n_steps and self.step % t.save_every_n_steps == 0 and self.step < self.total_steps:
                     self._save_loras(f"lora_step{self.step:06d}.safetensors")
+                if self.previews is not None and self.previews.due(self.step):
+                    self._preview(writer, progress)
+                    if early := self._early_stop_reason():
+                        break
                 due = (t.checkpoint_every_n_steps and self.step % t.checkpoint_every_n_steps == 0) or (
                     t.checkpoint_every_n_minutes and time.time() - last_ckpt > 60 * t.checkpoint_every_n_minutes)
                 if self._agree(bool(due)):
@@ -341,17 +350,72 @@ class Trainer:
                     self.save_checkpoint()
                     interrupted = True
                     break
-            if interrupted:
+            if interrupted or early:
                 break
             offset += stage.steps
             if len(self.stages) > 1 and stage is not self.stages[-1] and self.step == offset:
                 self._save_loras(f"lora_{stage.name}.safetensors")
         if not interrupted and self.saved_step != self.step:
             self.save_checkpoint()  # the finished state is on disk before the LoRA is: a failed write loses nothing
-        loras = {} if interrupted else self._save_loras("lora.safetensors", final=True)
+        if interrupted:
+            loras, reason = {}, f"stopped on request at step {self.step} (resumable)"
+        elif self.previews is None:
+            loras, reason = self._save_loras("lora.safetensors", final=True), f"trained all {self.step} steps"
+        else:
+            loras = self._select_lora()
+            reason = early or f"trained all {self.step} steps"
         lora_path = next(iter(loras.values()), None)
         return TrainResult(self.run_dir.path, self.step, losses[-1] if losses else self._logged_loss(), lora_path,
-                           time.time() - start, losses, interrupted, loras)
+                           time.time() - start, losses, interrupted, loras, reason)
+
+    # -- previews (engine.train.previews) ---------------------------------------------------------
+    def _early_stop_reason(self) -> str:
+        """Why the previews say to stop now ("" to go on); the same on every rank (each holds the history)."""
+        if self.previews is None or not self.previews.patience:
+            return ""
+        last_stage_start = self.total_steps - self.stages[-1].steps
+        return self.previews.early_stop_reason(last_stage_start) or ""
+
+    def _preview(self, writer, progress: Progress | None) -> None:
+        """The main rank previews and scores this step; every rank records the entry; a new best LoRA is written
+        as lora_stepNNNNNN.safetensors (collective), and the previous best's file removed."""
+        previous = self.previews.best()
+        entry = None
+        if self.dist.is_main:
+            entry = self.previews.run(self.step, self.adapter, [p.transformer for p in self.parts], writer, progress)
+        entry = dist_utils.broadcast(entry) if torch.distributed.get_world_size() > 1 else entry
+        self.previews.history.append(entry)
+        if not entry["best"]:
+            return
+        from engine.train.previews import lora_name
+
+        self._save_loras(lora_name(self.step))
+        every = self.cfg.training.save_every_n_steps
+        if self.dist.is_main and previous is not None and not (every and previous["step"] % every == 0):
+            for part in self.parts:  # the previous best, unless save_every_n_steps wants it anyway
+                (self.run_dir.path / lora_file(lora_name(previous["step"]), part.expert)).unlink(missing_ok=True)
+
+    def _select_lora(self) -> dict[str, Path]:
+        """With previews: the last step's LoRA as lora_last.safetensors and the best-scoring one copied to
+        lora.safetensors (the file infer.py and the page pick)."""
+        import shutil
+
+        from engine.train.previews import LAST_LORA, lora_name
+
+        last = self._save_loras(LAST_LORA, final=True)
+        best = self.previews.best()
+        out = {}
+        for part in self.parts:
+            final = self.run_dir.path / lora_file("lora.safetensors", part.expert)
+            chosen = self.run_dir.path / lora_file(lora_name(best["step"]), part.expert) if best else None
+            if chosen is None or not chosen.is_file():  # no scored preview: the last step's, as without previews
+                chosen = last[part.expert.name]
+            if self.dist.is_main:
+                with atomic_path(final) as tmp:
+                    shutil.copyfile(chosen, tmp)
+            out[part.expert.name] = final
+        dist_utils.barrier()
+        return out
 
     def _logged_loss(self) -> float:
         """The last loss metrics.jsonl holds (a resume that only writes the final LoRA trains no step itself)."""
