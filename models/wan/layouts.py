@@ -268,7 +268,8 @@ def load_original_vae_state_dict(path: str | Path) -> StateDict:
 # ----------------------------------------------------------------------------------------------- configs
 
 
-def _original_shapes(path: Path) -> dict[str, list[int]]:
+def original_shapes(path: Path) -> dict[str, list[int]]:
+    """Tensor shapes of an original-release transformer folder's shards, from their headers (nothing is loaded)."""
     files = [path / ORIGINAL_SINGLE] if not (path / ORIGINAL_INDEX).is_file() else sorted(
         {path / s for s in json.loads((path / ORIGINAL_INDEX).read_text())["weight_map"].values()})
     shapes: dict[str, list[int]] = {}
@@ -295,7 +296,7 @@ def wan_transformer_config_from_original(
         path = Path(config_json)
         path = path / ORIGINAL_CONFIG if path.is_dir() else path
         if (path.parent / ORIGINAL_INDEX).is_file() or (path.parent / ORIGINAL_SINGLE).is_file():
-            shapes = _original_shapes(path.parent)
+            shapes = original_shapes(path.parent)
         cfg = json.loads(path.read_text())
     for key, value in (state_dict or {}).items():
         shapes[key] = list(value.shape) if hasattr(value, "shape") else list(value)

@@ -4,6 +4,7 @@ config reader of a weight folder (models.planning)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from models.planning import InputShapes, PlanFamily, Variant
 
@@ -40,17 +41,21 @@ def input_shapes(config: dict, compression: tuple[int, int], frames: int, height
     return InputShapes((out, *grid), (cin - out, *grid), (512, config["text_dim"]), image, tokens)
 
 
-def folder_config(path: Path) -> tuple[dict, tuple[int, int], dict | None]:
-    """(transformer config, VAE compression, VAE config) of a weight folder."""
-    from models.wan.loading import WanWeights
-
-    weights = WanWeights(path)
+def weights_config(weights: Any, path: Path) -> tuple[dict, tuple[int, int], dict | None]:
+    """(transformer config, VAE compression, VAE config) of opened Wan weights (Wan2.1's or Wan2.2's) at `path`."""
     vae = None
     if weights.layout == "diffusers":
         from diffusers import AutoencoderKLWan
 
         vae = {k: v for k, v in AutoencoderKLWan.load_config(path / "vae").items() if not k.startswith("_")}
     return weights.transformer_config(), weights.vae_scale_factors(), vae
+
+
+def folder_config(path: Path) -> tuple[dict, tuple[int, int], dict | None]:
+    """(transformer config, VAE compression, VAE config) of a weight folder."""
+    from models.wan.loading import WanWeights
+
+    return weights_config(WanWeights(path), path)
 
 
 PLAN = PlanFamily("diffusers:WanTransformer3DModel", "diffusers:AutoencoderKLWan", VARIANTS, input_shapes,

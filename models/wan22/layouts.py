@@ -20,8 +20,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors import safe_open
-
 from models.wan import layouts as wl
 
 StateDict = wl.StateDict
@@ -119,24 +117,11 @@ def detect_layout(path: str | Path) -> str:
     return layout
 
 
-def _shapes(folder: Path) -> dict[str, list[int]]:
-    """Tensor shapes of an original expert folder's shards, from their headers (nothing is loaded)."""
-    index = folder / wl.ORIGINAL_INDEX
-    files = sorted({folder / s for s in json.loads(index.read_text())["weight_map"].values()}) \
-        if index.is_file() else [folder / wl.ORIGINAL_SINGLE]
-    shapes: dict[str, list[int]] = {}
-    for file in files:
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                shapes[key] = list(f.get_slice(key).get_shape())
-    return shapes
-
-
 def original_transformer_config(folder: str | Path) -> dict[str, Any]:
     """An original expert folder's ``WanTransformer3DModel`` kwargs: Wan2.1's reader, which takes the image
     cross-attention from the weights (the config says "i2v" for both releases)."""
     folder = Path(folder)
-    return wl.wan_transformer_config_from_original(_json(folder / wl.ORIGINAL_CONFIG) or {}, _shapes(folder))
+    return wl.wan_transformer_config_from_original(_json(folder / wl.ORIGINAL_CONFIG) or {}, wl.original_shapes(folder))
 
 
 def load_original_transformer_state_dict(folder: str | Path) -> StateDict:

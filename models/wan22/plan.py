@@ -7,7 +7,7 @@ from pathlib import Path
 
 from models.planning import PlanFamily, Variant
 from models.wan.plan import VARIANTS as WAN21_VARIANTS
-from models.wan.plan import input_shapes
+from models.wan.plan import input_shapes, weights_config
 
 _A14B = {**WAN21_VARIANTS["wan2.1-i2v-14b-480p"].transformer, "image_dim": None, "added_kv_proj_dim": None}
 # umT5-XXL and the Wan2.1 VAE (no CLIP).
@@ -24,14 +24,7 @@ def folder_config(path: Path) -> tuple[dict, tuple[int, int], dict | None]:
     have the same architecture."""
     from models.wan22.loading import Wan22Weights
 
-    weights = Wan22Weights(path)
-    vae = None
-    if weights.layout == "diffusers":
-        from diffusers import AutoencoderKLWan
-
-        vae = {k: v for k, v in AutoencoderKLWan.load_config(path / "vae").items() if not k.startswith("_")}
-    return weights.transformer_config(), weights.vae_scale_factors(), vae
-
+    return weights_config(Wan22Weights(path), path)
 
 PLAN = PlanFamily("diffusers:WanTransformer3DModel", "diffusers:AutoencoderKLWan", VARIANTS, input_shapes,
                   folder_config)
