@@ -7,6 +7,7 @@ the final rename is atomic), then rename it over the destination; on failure rem
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import uuid
@@ -54,6 +55,26 @@ def write_atomic(dest: str | os.PathLike, data: bytes | str) -> Path:
         else:
             tmp.write_bytes(data)
     return Path(dest)
+
+
+def trim_jsonl(path: str | os.PathLike, step: int, rewrite: bool = True) -> list[dict]:
+    """The records of a step log (one JSON object per line, each with an int "step") up to `step`, dropping later
+    ones and a torn last line; with `rewrite` the file is replaced by them. A run resumed from the checkpoint at
+    `step` redoes (and logs again) whatever came after it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(record)
+    if rewrite:
+        write_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
+    return kept
 
 
 def swap_in(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:

@@ -86,7 +86,9 @@ def advise(cfg: Config, spec: ModelSpec, gpu_memory: int) -> list[Option]:
         steps.append({"model.transformer_dtype": "float8"})
     if cfg.adapter.dtype == "float32":
         steps.append({"adapter.dtype": "bfloat16"})
-    if not cfg.training.low_cost and cfg.data.frames > cfg.training.clip_frames:
+    # A long job (data.window) trains one window at a time: the window is its length, and the knob to shorten.
+    frames, length_key = (cfg.data.window, "data.window") if cfg.data.window else (cfg.data.frames, "data.frames")
+    if not cfg.training.low_cost and frames > cfg.training.clip_frames:
         steps.append({"training.low_cost": True})
     for step in steps:
         changes.update(step)
@@ -98,16 +100,18 @@ def advise(cfg: Config, spec: ModelSpec, gpu_memory: int) -> list[Option]:
         if option.fits:
             return options
     # Last resort: fewer frames (4k+1). The peak is close to linear in latent frames (flash attention keeps no
-    # tokens x tokens matrix): place the largest count that fits between 1 frame and the job's, then confirm.
+    # tokens x tokens matrix): place the largest count that fits between the shortest and the job's, then confirm.
+    # The shortest is 1 frame, or for a window the first 4k+1 longer than the frames it takes from the one before.
     base = {**changes, "training.low_cost": False, "training.blocks_to_swap": spec.blocks}
-    latent = (cfg.data.frames - 1) // 4
-    one = _peak(cfg, spec, {**base, "data.frames": 1})
-    if one > budget or latent == 0:
+    latent = (frames - 1) // 4
+    low = cfg.inference.window_overlap // 4 + 1 if cfg.data.window else 0
+    shortest = _peak(cfg, spec, {**base, length_key: 4 * low + 1})
+    if shortest > budget or latent <= low:
         return options
-    full = _peak(cfg, spec, {**base, "data.frames": 4 * latent + 1})
-    k = min(latent - 1, int((budget - one) / max((full - one) / latent, 1)))
-    while k >= 0:
-        option = _with_swap(cfg, spec, {**changes, "training.low_cost": False, "data.frames": 4 * k + 1}, budget)
+    full = _peak(cfg, spec, {**base, length_key: 4 * latent + 1})
+    k = min(latent - 1, low + int((budget - shortest) / max((full - shortest) / (latent - low), 1)))
+    while k >= low:
+        option = _with_swap(cfg, spec, {**changes, "training.low_cost": False, length_key: 4 * k + 1}, budget)
         if option.fits:
             options.append(option)
             break

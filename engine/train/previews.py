@@ -38,7 +38,7 @@ from PIL import Image
 from torch import nn
 
 import media
-from config.atomic import atomic_path, write_atomic
+from config.atomic import atomic_path, trim_jsonl
 from config.progress import Progress, report
 from config.schema import Config
 from engine.encode.cache import EncodeCache
@@ -165,19 +165,7 @@ class Previews:
 
     def restore(self, step: int) -> None:
         """On resume from the checkpoint at `step`: the previews up to it (later ones are redone, identically)."""
-        path = self.folder / INDEX
-        kept = []
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(entry, dict) and isinstance(entry.get("step"), int) and entry["step"] <= step:
-                    kept.append(entry)
-            if self.main:
-                write_atomic(path, "".join(json.dumps(e) + "\n" for e in kept))
-        self.history = kept
+        self.history = trim_jsonl(self.folder / INDEX, step, rewrite=self.main)
 
     # -- one preview ------------------------------------------------------------------------------------------
     def generate(self, adapter, transformers: Sequence[nn.Module]) -> np.ndarray:  # noqa: ANN001

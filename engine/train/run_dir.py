@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from config.atomic import write_atomic
+from config.atomic import trim_jsonl
 from config.errors import UserError
 from engine.train.checkpoint import TAG, read_latest
 
@@ -47,18 +47,7 @@ class RunDir:
     def trim_metrics(self, step: int) -> None:
         """Drop metrics.jsonl lines after `step` (and a torn last line): a run killed after its last checkpoint
         logged steps that the resumed run trains and logs again."""
-        path = self.path / "metrics.jsonl"
-        if not path.is_file():
-            return
-        kept = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
-                kept.append(line + "\n")
-        write_atomic(path, "".join(kept))
+        trim_jsonl(self.path / "metrics.jsonl", step)
 
     def latest_checkpoint_tag(self) -> str | None:
         return read_latest(self.checkpoints)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -37,6 +35,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
+from config.atomic import atomic_path
 from models.hunyuan_video import layouts as hl
 from models.loading import CLIPImageProcessor
 from models.tiny import randomize
@@ -202,21 +201,12 @@ def build_tiny_hunyuan(out_dir: str | Path, layout: str, seed: int = 0, variant:
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{out_dir} exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        m = TinyHunyuan(seed, variant)
-        stage = tmp / "model"
+    m = TinyHunyuan(seed, variant)
+    with atomic_path(out_dir) as stage:  # built beside the target, renamed when complete
         if layout == "diffusers":
             result = _write_diffusers(m, stage)
         elif layout == "original":
             result = _write_original(m, stage)
         else:
             result = _write_single_file(m, stage, dtype)
-        stage.chmod(0o755)
-        if out_dir.exists():
-            out_dir.rmdir()
-        stage.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / result.relative_to(stage)

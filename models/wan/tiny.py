@@ -13,7 +13,6 @@ import io
 import json
 import math
 import random
-import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +31,7 @@ from transformers import (
     XLMRobertaTokenizer,
 )
 
+from config.atomic import atomic_path
 from models.loading import CLIPImageProcessor
 from models.tiny import fill_like, randomize
 from models.wan import layouts as wl
@@ -319,23 +319,13 @@ def build_tiny_wan(out_dir: str | Path, layout: str, seed: int = 0, dtype: str =
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not overwrite:
         raise FileExistsError(f"{out_dir} exists and is not empty (overwrite=True / --force replaces it)")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename, so a crash never leaves a half-written model behind.
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        with tempfile.TemporaryDirectory() as work:
-            m = TinyWan(seed, Path(work), resolved)
-        stage = tmp / "model"
+    with tempfile.TemporaryDirectory() as work:
+        m = TinyWan(seed, Path(work), resolved)
+    with atomic_path(out_dir) as stage:  # built beside the target, renamed when complete
         if layout == "diffusers":
             result = _write_diffusers(m, stage, DTYPES[dtype])
         elif layout == "original":
             result = _write_original(m, stage, DTYPES[dtype])
         else:
             result = _write_single_file(m, stage, dtype, prefixed)
-        (stage if stage.is_dir() else stage.parent).chmod(0o755)  # mkdtemp's 0700 would otherwise stick
-        if out_dir.exists():
-            old = tmp / "old"
-            out_dir.rename(old)  # moved out of the way; deleted with tmp below
-        stage.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir / result.relative_to(stage)

@@ -12,7 +12,6 @@ Layouts: ``diffusers`` (model_index.json with boundary_ratio 0.9, transformer/ +
 from __future__ import annotations
 
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from diffusers import WanImageToVideoPipeline, WanTransformer3DModel
 from safetensors.torch import save_file
 
+from config.atomic import atomic_path
 from models.tiny import randomize
 from models.wan import layouts as wl
 from models.wan import tiny as wan_tiny
@@ -120,24 +120,15 @@ def build_tiny_wan22(out_dir: str | Path, layout: str = "diffusers", seed: int =
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
-        with tempfile.TemporaryDirectory() as work:
-            m = wan_tiny.TinyWan(seed, Path(work))
-        m.scheduler = m.scheduler.from_config({**m.scheduler.config, "flow_shift": SAMPLE_SHIFT})
-        experts = tiny_experts(seed, m.sizes["t5"]["d_model"])
-        stage = tmp / "model"
+    with tempfile.TemporaryDirectory() as work:
+        m = wan_tiny.TinyWan(seed, Path(work))
+    m.scheduler = m.scheduler.from_config({**m.scheduler.config, "flow_shift": SAMPLE_SHIFT})
+    experts = tiny_experts(seed, m.sizes["t5"]["d_model"])
+    with atomic_path(out_dir) as stage:  # built beside the target, renamed when complete
         if layout == "diffusers":
             _write_diffusers(m, experts, stage)
         else:
             _write_original(m, experts, stage)
             if layout == "single-file":
                 _write_single_files(experts, stage, dtype)
-        stage.chmod(0o755)
-        if out_dir.exists():
-            out_dir.rmdir()
-        stage.rename(out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir
