@@ -202,15 +202,21 @@ def run_variant(job: Path, work: Path, model: Path, seed: int, v: Variant, args)
 
 
 @torch.no_grad()
-def vae_ceiling(model: Path, cases: list[world.EditCase]) -> float:
-    """Reconstruction PSNR of the ground-truth edited clips through the toy VAE (the adapter's encode/decode)."""
+def vae_frames(model: Path, clips: list[np.ndarray]) -> list[np.ndarray]:
+    """uint8 [T, H, W, 3] clips through the toy VAE and back (the adapter's encode/decode)."""
     from datasets.samples import to_tensor
     from models.wan.adapter import WanAdapter
 
     adapter = WanAdapter(model, dtype=torch.float32)
-    video = torch.stack([to_tensor(c.edited) for c in cases])
+    video = torch.stack([to_tensor(c) for c in clips])
     recon = torch.cat([adapter.decode_latents(adapter.encode_video(video[i:i + 8])) for i in range(0, len(video), 8)])
-    mse = float((((recon + 1) * 127.5).round() - ((video + 1) * 127.5).round()).pow(2).mean())
+    return list(((recon + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 4, 1).numpy())
+
+
+def vae_ceiling(model: Path, cases: list[world.EditCase]) -> float:
+    """Reconstruction PSNR of the ground-truth edited clips through the toy VAE."""
+    recon = np.stack(vae_frames(model, [c.edited for c in cases])).astype(np.float64)
+    mse = float(((recon - np.stack([c.edited for c in cases])) ** 2).mean())
     return 10 * np.log10(255**2 / mse)
 
 
@@ -323,9 +329,12 @@ def main(argv: list[str] | None = None) -> int:
     done = load_rows(work)
     todo = [(case, seed, v) for case in cases for seed in range(args.runs) for v in [None, *variants]]
     rows_file = work / f"rows-{shard}.jsonl"
+    slots = {"run": 0, "baseline": 0}  # shards split the baselines and the variant runs evenly, each on its own
     for n, (case, seed, v) in enumerate(todo):
         key = ("run" if v else "baseline", case.params.seed, seed, v.name if v else None)
-        if args.report_only or key in done or n % nshards != shard:
+        slot = slots[key[0]]
+        slots[key[0]] += 1
+        if args.report_only or key in done or slot % nshards != shard:
             continue
         job = case_job(case, work)
         t0 = time.perf_counter()

@@ -39,7 +39,7 @@ def _centroid(frame: np.ndarray, target_lab: np.ndarray) -> np.ndarray | None:
     return np.array([xs.mean(), ys.mean()])
 
 
-def _shape_centroid(frame: np.ndarray, without: np.ndarray, others: np.ndarray) -> np.ndarray | None:
+def shape_centroid(frame: np.ndarray, without: np.ndarray, others: np.ndarray) -> np.ndarray | None:
     """Centroid of the pixels that differ from the clip without the shape, other shapes' pixels excluded."""
     diff = np.linalg.norm(metrics.lab_pixels(frame).reshape(frame.shape) - metrics.lab_pixels(without).reshape(
         frame.shape), axis=-1)
@@ -73,7 +73,7 @@ def score_edit(result: np.ndarray, truth: np.ndarray, mask: np.ndarray, without:
         per["trajectory_error"].append(LOST_PENALTY if got is None else float(np.linalg.norm(got - want)))
         if without is not None:
             other = others[t] if others is not None else np.zeros_like(edit)
-            want, got = _shape_centroid(truth[t], without[t], other), _shape_centroid(result[t], without[t], other)
+            want, got = shape_centroid(truth[t], without[t], other), shape_centroid(result[t], without[t], other)
             if want is not None:
                 per["motion_error"].append(LOST_PENALTY if got is None else float(np.linalg.norm(got - want)))
     scores = {k: float(np.mean(v)) if v else float("nan") for k, v in per.items()}

@@ -119,3 +119,22 @@ def test_long_clips_bounce_inside_the_frame_and_keep_the_short_world():
         assert case.source.shape == (33, world.SIZE, world.SIZE, 3) and case.mask.any(axis=(1, 2)).all()
         assert not (case.source != case.edited).any(axis=-1)[~case.mask].any()  # edits only inside the mask
         assert np.array_equal(case.source[0], world.edit_case(seed, kind).source[0])
+
+
+@pytest.mark.parametrize("seed", [1_000_000, 1_000_001, 1_000_002, 1_000_003])
+def test_prior_diagnostic_measures_the_first_shapes_path_and_reverses_captions(seed):
+    """benchmarks/toy_prior.py: the path it measures on a true clip points the way the caption says; a clip
+    that repeats its first frame has not moved; reversed captions swap every motion word."""
+    from benchmarks.toy_prior import first_shape_path, reverse_motion
+
+    p = world.sample_params(seed)
+    frames = world.render(p)[0]
+    path = first_shape_path(frames, p)
+    s = p.shapes[0]
+    true = np.array(world.shape_state(s, world.FRAMES - 1)[:2]) - np.array(world.shape_state(s, 0)[:2])
+    assert path is not None and path @ true > 0.8 * (true @ true)  # at least 80% of the way, the right way
+    assert np.allclose(first_shape_path(np.repeat(frames[:1], world.FRAMES, 0), p), 0)
+    assert reverse_motion(world.caption(p)) != world.caption(p)
+    assert reverse_motion(reverse_motion(world.caption(p))) == world.caption(p)
+    assert reverse_motion("a square moves slowly left, grows and spins clockwise over a blue-teal gradient") == \
+        "a square moves slowly right, shrinks and spins counterclockwise over a blue-teal gradient"
