@@ -152,14 +152,14 @@ def test_long_job_plans_one_window(plan_model):
     assert trace_sampling_step(spec, long, *job_size(long, spec)).peak == \
         trace_sampling_step(spec, short, *job_size(short, spec)).peak
     # Advice for a GPU too small for the window shortens the window (data.frames is the clip's length).
-    from engine.plan.advice import CONTEXT, _peak, advise
+    from engine.plan.advice import CONTEXT, advise, planned_peak
 
     long.data.window, long.training.clip_frames = 17, 17  # no shorter clips to train on: only the window can give
     # Every cheaper setting already on, so the advice goes straight to the length (fewer traces: CI time).
     long.training.activation_checkpointing, long.adapter.dtype = True, "bfloat16"
     long.model.transformer_dtype = "float8"
-    floor = _peak(long, spec, {"data.window": 5, "training.blocks_to_swap": spec.blocks})
-    last = advise(long, spec, floor + CONTEXT + (_peak(long, spec, {}) - floor) // 8)[-1]
+    floor = planned_peak(long, spec, {"data.window": 5, "training.blocks_to_swap": spec.blocks})
+    last = advise(long, spec, floor + CONTEXT + (planned_peak(long, spec, {}) - floor) // 8)[-1]
     assert last.fits and 5 <= last.changes["data.window"] < 17 and "data.frames" not in last.changes
 
 

@@ -33,7 +33,8 @@ class Option:
         return " ".join(f"--set {k}={toml(v)}" for k, v in self.changes.items())
 
 
-def _peak(cfg: Config, spec: ModelSpec, changes: dict[str, object]) -> int:
+def planned_peak(cfg: Config, spec: ModelSpec, changes: dict[str, object]) -> int:
+    """The planned training peak (bytes per GPU) of cfg with dotted-key `changes`."""
     return plan_training(plan_with(cfg, **changes), spec, composed=True).memory.total
 
 
@@ -42,31 +43,31 @@ def _fewest_swapped(cfg: Config, spec: ModelSpec, changes: dict[str, object], bu
     swapped count from 2 blocks on (two copies in transit), so two plans place it; a third confirms it."""
     top = spec.blocks
     low_n = min(2, top)
-    low = _peak(cfg, spec, {**changes, "training.blocks_to_swap": low_n})
-    high = _peak(cfg, spec, {**changes, "training.blocks_to_swap": top})
+    low = planned_peak(cfg, spec, {**changes, "training.blocks_to_swap": low_n})
+    high = planned_peak(cfg, spec, {**changes, "training.blocks_to_swap": top})
     if high > budget:
         return None
     if low <= budget:
-        n = low_n if _peak(cfg, spec, {**changes, "training.blocks_to_swap": 1}) > budget else 1
-        return n, _peak(cfg, spec, {**changes, "training.blocks_to_swap": n})
+        n = low_n if planned_peak(cfg, spec, {**changes, "training.blocks_to_swap": 1}) > budget else 1
+        return n, planned_peak(cfg, spec, {**changes, "training.blocks_to_swap": n})
     slope = (low - high) / max(top - low_n, 1)
     n = min(top, low_n + int(-(-(low - budget) // slope)))
-    peak = _peak(cfg, spec, {**changes, "training.blocks_to_swap": n})
+    peak = planned_peak(cfg, spec, {**changes, "training.blocks_to_swap": n})
     while peak > budget and n < top:  # the line is exact up to rounding; step once if it was not
         n += 1
-        peak = _peak(cfg, spec, {**changes, "training.blocks_to_swap": n})
+        peak = planned_peak(cfg, spec, {**changes, "training.blocks_to_swap": n})
     return n, peak
 
 
 def _with_swap(cfg: Config, spec: ModelSpec, changes: dict[str, object], budget: int) -> Option:
     """`changes` as they are if they fit, else with the fewest swapped blocks that make them fit."""
-    peak = _peak(cfg, spec, changes)
+    peak = planned_peak(cfg, spec, changes)
     if peak <= budget:
         return Option(dict(changes), peak, True)
     found = _fewest_swapped(cfg, spec, changes, budget)
     if found is None:
         all_swapped = {**changes, "training.blocks_to_swap": spec.blocks}
-        return Option(all_swapped, _peak(cfg, spec, all_swapped), False)
+        return Option(all_swapped, planned_peak(cfg, spec, all_swapped), False)
     n, peak = found
     return Option({**changes, "training.blocks_to_swap": n}, peak, True)
 
@@ -105,10 +106,10 @@ def advise(cfg: Config, spec: ModelSpec, gpu_memory: int) -> list[Option]:
     base = {**changes, "training.low_cost": False, "training.blocks_to_swap": spec.blocks}
     latent = (frames - 1) // 4
     low = cfg.inference.window_overlap // 4 + 1 if cfg.data.window else 0
-    shortest = _peak(cfg, spec, {**base, length_key: 4 * low + 1})
+    shortest = planned_peak(cfg, spec, {**base, length_key: 4 * low + 1})
     if shortest > budget or latent <= low:
         return options
-    full = _peak(cfg, spec, {**base, length_key: 4 * latent + 1})
+    full = planned_peak(cfg, spec, {**base, length_key: 4 * latent + 1})
     k = min(latent - 1, low + int((budget - shortest) / max((full - shortest) / (latent - low), 1)))
     while k >= low:
         option = _with_swap(cfg, spec, {**changes, "training.low_cost": False, length_key: 4 * k + 1}, budget)
