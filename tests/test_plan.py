@@ -137,29 +137,22 @@ def test_planned_sampling_pass_matches_real_predict(plan_model):
 
 def test_long_job_plans_one_window(plan_model):
     """A long job trains and samples one window at a time: its plan is the plan of a job of the window's length,
-    however long the clip."""
+    however long the clip; advice for a GPU too small for the window shortens the window, not data.frames."""
+    from engine.plan.advice import CONTEXT, advise, planned_peak
     from engine.plan.model import job_size, resolve_model
-    from engine.plan.report import plan_training
-    from engine.plan.steps import trace_sampling_step
 
     short, long = tiny_config(plan_model), tiny_config(plan_model)
-    short.data.frames, short.data.height, short.data.width = 9, 64, 64
-    long.data.frames, long.data.window, long.data.height, long.data.width = 97, 9, 64, 64
-    spec = resolve_model(short)
-    assert job_size(long, spec) == job_size(short, spec) == (9, 64, 64)
-    a, b = plan_training(short, spec), plan_training(long, spec)
-    assert b.memory.total == a.memory.total and b.flops_per_step == a.flops_per_step
-    assert trace_sampling_step(spec, long, *job_size(long, spec)).peak == \
-        trace_sampling_step(spec, short, *job_size(short, spec)).peak
-    # Advice for a GPU too small for the window shortens the window (data.frames is the clip's length).
-    from engine.plan.advice import CONTEXT, advise, planned_peak
-
-    long.data.window, long.training.clip_frames = 17, 17  # no shorter clips to train on: only the window can give
-    # Every cheaper setting already on, so the advice goes straight to the length (fewer traces: CI time).
-    long.training.activation_checkpointing, long.adapter.dtype = True, "bfloat16"
-    long.model.transformer_dtype = "float8"
+    short.data.frames, short.data.height, short.data.width = 17, 64, 64
+    long.data.frames, long.data.window, long.data.height, long.data.width = 97, 17, 64, 64
+    for cfg in (short, long):  # every cheaper setting already on, no shorter clips to train on: fewer traces (CI)
+        cfg.training.activation_checkpointing, cfg.adapter.dtype, cfg.training.clip_frames = True, "bfloat16", 17
+        cfg.model.transformer_dtype = "float8"
+    spec = resolve_model(short).with_blocks(2)
+    assert job_size(long, spec) == job_size(short, spec) == (17, 64, 64)
+    full = planned_peak(long, spec, {})
+    assert full == planned_peak(short, spec, {})
     floor = planned_peak(long, spec, {"data.window": 5, "training.blocks_to_swap": spec.blocks})
-    last = advise(long, spec, floor + CONTEXT + (planned_peak(long, spec, {}) - floor) // 8)[-1]
+    last = advise(long, spec, floor + CONTEXT + (full - floor) // 8)[-1]
     assert last.fits and 5 <= last.changes["data.window"] < 17 and "data.frames" not in last.changes
 
 
