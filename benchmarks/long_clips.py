@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -121,29 +119,16 @@ def table(rows: list[dict], names: list[str], windows: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="1000000:1000010", help="world seeds A:B (B excluded) or a list A,B,C:D")
-    ap.add_argument("--edits", default=",".join(world.EDIT_KINDS), help="edit kinds, one per clip in turn")
-    ap.add_argument("--runs", type=int, default=1, help="training/sampling seeds per clip (0..N-1)")
+    toy_ablation.add_case_arguments(ap, "1000000:1000010", 1, REPO / "runs" / "long-clips")
     ap.add_argument("--variants", default="chain,chain_anchor,upper,lower", help="from: " + ", ".join(VARIANTS))
     ap.add_argument("--frames", type=int, default=33, help="clip length (the toy model's window is 9)")
-    ap.add_argument("--steps", type=int, default=None, help="LoRA steps (default: examples/toy.toml's)")
-    ap.add_argument("--reference-steps", type=int, default=None, help="stage-2 steps (default: toy.toml's)")
-    ap.add_argument("--infer-steps", type=int, default=20)
-    ap.add_argument("--model", type=Path, default=REPO / "examples" / "toy" / "model")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "long-clips" / "results")
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "long-clips", help="jobs, LoRAs, caches, rows")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("TOY_THREADS", "1")))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    seeds, kinds = toy_ablation.parse_range(args.seeds), [k for k in args.edits.split(",") if k]
+    seeds, kinds = toy_ablation.case_arguments(args)
     names = [n for n in args.variants.split(",") if n]
     bad = [k for k in kinds if k not in world.EDIT_KINDS] + [n for n in names if n not in VARIANTS]
     if bad or not kinds or not names or args.frames <= world.FRAMES:
         raise SystemExit(f"unknown edit kind or variant, or --frames not above {world.FRAMES}: {', '.join(bad)}")
-    args.steps_given = args.steps is not None
-    if args.steps is None:
-        args.steps = toy_ablation.load_config(toy_ablation.TOY_TOML, check_paths=False).training.steps
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     model, work = args.model.resolve(), args.work.resolve()
     (work / "frames").mkdir(parents=True, exist_ok=True)
     rows_file = work / "rows.jsonl"

@@ -23,19 +23,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import toy_ablation  # noqa: E402
-from config.loader import load_config  # noqa: E402
 from engine.train.previews import AUTO_PREVIEWS, best_entry, early_stop_reason, schedule  # noqa: E402
 from examples.toy import jobs, world  # noqa: E402
 
@@ -145,28 +142,15 @@ def table(rows: list[dict], patiences: list[int], every: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="1000000:1000010", help="world seeds A:B of the held-out clips, or a list")
-    ap.add_argument("--edits", default=",".join(world.EDIT_KINDS), help="edit kinds, one per clip in turn")
-    ap.add_argument("--runs", type=int, default=2, help="training/sampling seeds per clip")
+    toy_ablation.add_case_arguments(ap, "1000000:1000010", 2, REPO / "runs" / "preview-select")
     ap.add_argument("--every", type=int, default=10, help="steps between previews (the dense schedule)")
     ap.add_argument("--patience", default="2,3", help="early-stopping patiences K to simulate")
-    ap.add_argument("--steps", type=int, default=None, help="stage-1 steps (default: examples/toy.toml's)")
-    ap.add_argument("--reference-steps", type=int, default=None, help="stage-2 steps (default: toy.toml's)")
-    ap.add_argument("--infer-steps", type=int, default=20, help="sampling steps of the compared LoRAs")
-    ap.add_argument("--model", type=Path, default=REPO / "examples" / "toy" / "model")
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "preview-select")
     ap.add_argument("--shard", default="0/1", help="i/n: every n-th run from i (parallel processes)")
     ap.add_argument("--report-only", action="store_true",
                     help="redo the analysis of the finished runs (their run folders) and print the table")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("TOY_THREADS", "1")))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    seeds, kinds = toy_ablation.parse_range(args.seeds), [k for k in args.edits.split(",") if k]
+    seeds, kinds = toy_ablation.case_arguments(args)
     patiences = [int(k) for k in args.patience.split(",") if k]
-    args.steps_given = args.steps is not None
-    if args.steps is None:
-        args.steps = load_config(toy_ablation.TOY_TOML, check_paths=False).training.steps
     shard, nshards = (int(x) for x in args.shard.split("/"))
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)

@@ -292,34 +292,45 @@ def load_rows(work: Path) -> dict[tuple, dict]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seeds", default="1000000:1000012",
+def add_case_arguments(ap: argparse.ArgumentParser, seeds: str, runs: int, work: Path) -> None:
+    """The arguments every toy benchmark shares: which held-out clips and edits, how many seeds, the training
+    and sampling steps, the model, the work folder and the threads."""
+    ap.add_argument("--seeds", default=seeds,
                     help="world seeds A:B of the held-out clips (B excluded), or a list: A,B,C:D")
     ap.add_argument("--edits", default=",".join(world.EDIT_KINDS), help="edit kinds, one per clip in turn")
-    ap.add_argument("--runs", type=int, default=2, help="training/sampling seeds per clip (0..N-1)")
-    ap.add_argument("--variants", default=",".join(BY_NAME), help="comma-separated, from: " + ", ".join(BY_NAME))
+    ap.add_argument("--runs", type=int, default=runs, help="training/sampling seeds per clip (0..N-1)")
     ap.add_argument("--steps", type=int, default=None, help="stage-1 LoRA steps (default: examples/toy.toml's)")
     ap.add_argument("--reference-steps", type=int, default=None, help="stage-2 steps (default: toy.toml's)")
     ap.add_argument("--infer-steps", type=int, default=20)
     ap.add_argument("--model", type=Path, default=REPO / "examples" / "toy" / "model")
+    ap.add_argument("--work", type=Path, default=work, help="jobs, LoRAs, caches, rows")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("TOY_THREADS", "1")))
+
+
+def case_arguments(args: argparse.Namespace) -> tuple[list[int], list[str]]:
+    """Apply the shared arguments (threads, CPU DeepSpeed, toy.toml's steps unless given); the seeds and kinds."""
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    args.steps_given = args.steps is not None
+    if args.steps is None:
+        args.steps = load_config(TOY_TOML, check_paths=False).training.steps
+    return parse_range(args.seeds), [k.strip() for k in args.edits.split(",") if k.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_case_arguments(ap, "1000000:1000012", 2, REPO / "runs" / "toy-ablation")
+    ap.add_argument("--variants", default=",".join(BY_NAME), help="comma-separated, from: " + ", ".join(BY_NAME))
     ap.add_argument("--out", type=Path, default=REPO / "examples" / "toy" / "results")
-    ap.add_argument("--work", type=Path, default=REPO / "runs" / "toy-ablation", help="jobs, LoRAs, caches, rows")
     ap.add_argument("--shard", default="0/1", help="i/n: run every n-th run starting at i (parallel processes)")
     ap.add_argument("--report-only", action="store_true", help="write the report from --work's finished runs")
-    ap.add_argument("--threads", type=int, default=int(os.environ.get("TOY_THREADS", "1")))
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    seeds, kinds = parse_range(args.seeds), [k.strip() for k in args.edits.split(",") if k.strip()]
+    seeds, kinds = case_arguments(args)
     names = [n.strip() for n in args.variants.split(",") if n.strip()]
     bad = [k for k in kinds if k not in world.EDIT_KINDS] + [n for n in names if n not in BY_NAME]
     if bad or not kinds or not names:
         raise SystemExit(f"unknown edit kind or variant: {', '.join(bad) or '(none given)'}")
-    args.steps_given = args.steps is not None
-    if args.steps is None:
-        args.steps = load_config(TOY_TOML, check_paths=False).training.steps
     shard, nshards = (int(x) for x in args.shard.split("/"))
-    os.environ.setdefault("DS_ACCELERATOR", "cpu")
     variants = [BY_NAME[n] for n in names]
     model, work = args.model.resolve(), args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
