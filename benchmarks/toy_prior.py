@@ -95,9 +95,10 @@ def measure(model: Path, seeds: list[int], args: argparse.Namespace) -> dict:
     future = {k: [] for k in rows}  # per clip: PSNR of the MSE over frames 1..T-1, as the ablation scores
     follow = {"prediction": [], "reversed caption": []}
     work = args.work / model.name
-    for i, seed in enumerate(seeds):
-        case = world.edit_case(seed, world.EDIT_KINDS[i % len(world.EDIT_KINDS)])
-        frames = {"vae": ablation.vae_frames(model, [case.source])[0],
+    cases = [world.edit_case(seed, world.EDIT_KINDS[i % len(world.EDIT_KINDS)]) for i, seed in enumerate(seeds)]
+    recon = ablation.vae_frames(model, [c.source for c in cases])  # the VAE loaded once, clips in batches
+    for i, (seed, case) in enumerate(zip(seeds, cases)):
+        frames = {"vae": recon[i],
                   "prediction": predict(model, case, case.caption, work, args.infer_steps),
                   "reversed caption": predict(model, case, reverse_motion(case.caption), work, args.infer_steps),
                   "repeat first": np.repeat(case.source[:1], len(case.source), 0)}
