@@ -14,11 +14,13 @@ import pytest
 from PIL import Image
 from webui_support import prepare_toy_job, snapshot
 
+from media import probe_video
 from webui import media, steps, train_steps
 from webui.backend import TOY_MODEL, JobInputs, parse_plan, prepare_command
 from webui.jobfiles import JobInfo, RunInfo
 from webui.session import Session, clip_defaults
 from webui.tasks import Tasks
+from webui.views import open_job
 from webui.workspace import PageError, Workspace, check_name
 
 REPO = Path(__file__).resolve().parents[1]
@@ -344,3 +346,39 @@ def test_a_job_tracked_by_sam2_from_clicks_in_the_page(session: Session):
     manifest = json.loads((ws.job_dir(job) / "manifest.json").read_text())
     assert manifest["stages"]["masks"]["meta"]["kind"] == "sam2"
     assert len(list((ws.job_dir(job) / "masks").glob("*.png"))) == 5
+
+
+def test_a_long_clip_becomes_a_job_in_chained_windows(session: Session):
+    """Step 1's "Long clip" field: 21 frames in windows of 5 go to prepare.py as --window 5 --frames 21; the
+    views hold all 21 frames; reopening the job shows the same fields. Bad lengths are refused, writing nothing."""
+    ws, job = session.ws, session.new_job("long")
+    before = snapshot(ws.root)
+    with pytest.raises(PageError, match="a whole number above the window's 5 frames"):
+        steps.use_clip(session, job, str(CLIP), None, 0.0, 5, 16.0, "64x32", "crop", 5)
+    with pytest.raises(PageError, match="up to 481; for more run prepare.py --window 5 --frames 900"):
+        steps.use_clip(session, job, str(CLIP), None, 0.0, 5, 16.0, "64x32", "crop", 900)
+    with pytest.raises(PageError, match="80 frames at 16 fps .* choose at most 56 frames"):
+        steps.use_clip(session, job, str(CLIP), None, 0.0, 5, 16.0, "64x32", "crop", 80)
+    assert snapshot(ws.root) == before
+
+    out = steps.use_clip(session, job, str(CLIP), None, 0.0, 5, 16.0, "64x32", "crop", 21)
+    assert "21 frames at 16 fps from 0 s (1.31 s) in 5 chained windows of 5" in out["clip_msg"]
+    assert probe_video(out["clip_video"]).num_frames == 21
+    bg = out["mask_editor"]["background"]
+    stroke = np.zeros((*bg.shape[:2], 4), np.uint8)
+    stroke[130:220, :, 3] = 255  # the ball's whole path on the lawn
+    out = steps.save_mask(session, job, "paint", {"background": bg, "layers": [stroke]}, None, None, [], 0, False)
+    assert probe_video(out["mask_video"]).num_frames == 21
+    edited = media.first_frame(CLIP, 0.0).copy()
+    edited[150:200, 5:110] = (0, 0, 255)
+    path = ws.root / "videos" / "edited.png"
+    Image.fromarray(edited).save(path)
+    steps.use_edited(session, job, str(path))
+    steps.make_job(session, job, "a red ball rolls", "a blue ball rolls", None)
+    task = _wait(session.tasks, job, "prepare", 600)
+    assert task.state == "done", task.tail()
+    info = session.job_info(job)
+    assert (info.data("frames"), info.data("window")) == (21, 5)
+    assert len(list((ws.job_dir(job) / "masks").glob("*.png"))) == 21
+    reopened = open_job(session, job)
+    assert (reopened["frames"], reopened["length"]) == (5, 21)

@@ -106,7 +106,9 @@ def paint(page, editor: str, image_size: tuple[int, int], x0: int, y0: int, x1: 
     page.locator(f"{editor} button[aria-label=Brush]").click()
     text = page.locator(editor).inner_text()
     zoom = float(re.search(r"(\d+(?:\.\d+)?)%", text).group(1)) / 100
-    box = page.locator(f"{editor} canvas").first.bounding_box()
+    canvas = page.locator(f"{editor} canvas").first
+    canvas.scroll_into_view_if_needed()  # the mouse paints only inside the viewport
+    box = canvas.bounding_box()
     w, h = image_size
     left = box["x"] + box["width"] / 2 - w * zoom / 2
     top = box["y"] + box["height"] / 2 - h * zoom / 2

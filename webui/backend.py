@@ -45,6 +45,7 @@ class JobInputs:
     model: Path
     start: float = 0.0
     frames: int = 49
+    window: int = 0  # a long clip: `frames` in chained windows of this many
     fps: float = 0.0
     size: tuple[int, int] | None = None
     resize_mode: str = "crop"
@@ -65,6 +66,8 @@ def prepare_command(inp: JobInputs) -> list[str]:
                   "--out", str(inp.out), "--model", str(inp.model), "--frames", str(inp.frames),
                   "--start", f"{inp.start:g}", "--resize-mode", inp.resize_mode,
                   "--mask-dilate", str(inp.mask_dilate), "--quiet")
+    if inp.window:
+        argv += ["--window", str(inp.window)]
     if inp.fps:
         argv += ["--fps", f"{inp.fps:g}"]
     if inp.size:

@@ -62,12 +62,14 @@ def check_video(path: Path, max_bytes: int, shown_name: str | None = None) -> Vi
     return VideoFacts(info.width, info.height, info.fps, info.duration, info.num_frames)
 
 
-def check_window(facts: VideoFacts, start: float, frames: int, fps: float, name: str) -> None:
-    """The window (frames at fps from start) must lie inside the clip."""
+def check_window(facts: VideoFacts, start: float, frames: int, fps: float, name: str, long: bool = False) -> None:
+    """The job's frames (frames at fps from start) must lie inside the clip; a long clip's count is free, a
+    one-window job's is 4k+1."""
     need = start + (frames - 1) / fps
     if start < 0 or need >= facts.duration:
         have = max(0, int((facts.duration - start) * fps))
-        hint = f"at most {max(1, (have - 1) // 4 * 4 + 1)} frames" if have else "an earlier start"
+        most = have if long else max(1, (have - 1) // 4 * 4 + 1)
+        hint = f"at most {most} frames" if have else "an earlier start"
         raise PageError(f"{name}: {frames} frames at {fps:g} fps from {start:g} s need {frames / fps:.2f} s, "
                         f"the clip has {max(facts.duration - start, 0):.2f} s from there; choose {hint}")
 
@@ -138,9 +140,10 @@ def _toml_str(p: Path | str) -> str:
 
 
 def draft_overrides(video: Path, mask: Path | None, start: float, frames: int, fps: float, size: tuple[int, int],
-                    resize_mode: str, dilate: int, bbox: bool, family: str) -> list[str]:
+                    resize_mode: str, dilate: int, bbox: bool, family: str, window: int = 0) -> list[str]:
     sets = [f"model.type={_toml_str(family)}", f"data.video={_toml_str(video)}", f"data.fps={fps}",
-            f"data.frames={frames}", f"data.start={start}", f"data.width={size[0]}", f"data.height={size[1]}",
+            f"data.frames={frames}", f"data.window={window}", f"data.start={start}", f"data.width={size[0]}",
+            f"data.height={size[1]}",
             f"data.resize_mode={_toml_str(resize_mode)}", f"data.mask_dilate={dilate}",
             f"data.mask_bbox={'true' if bbox else 'false'}"]
     return sets + ([f"data.mask={_toml_str(mask)}"] if mask else [])

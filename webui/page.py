@@ -75,6 +75,8 @@ def build(s: Session) -> gr.Blocks:
                 with gr.Row():
                     C["start"] = gr.Number(label="Start (s)", value=0.0, minimum=0, elem_id="start")
                     C["frames"] = gr.Dropdown(label="Frames (4k+1)", choices=FRAME_CHOICES, value=49, elem_id="frames")
+                    C["length"] = gr.Number(label="Long clip: all frames", value=0, minimum=0,
+                                            precision=0, elem_id="length", info="0: one window of Frames")
                     C["fps"] = gr.Number(label="Frame rate", value=16.0, elem_id="fps")
                     C["size"] = gr.Textbox(label="Size (WxH, multiples of 16)", value="832x480", elem_id="size")
                     C["resize_mode"] = gr.Radio(["crop", "pad"], value="crop", label="Fit", elem_id="resize-mode")
@@ -222,7 +224,7 @@ def build(s: Session) -> gr.Blocks:
         wire(C["clip_pick"].input, lambda job, p: steps.inspect_clip(s, job, None, p), ["job", "clip_pick"],
              ["clip_msg", "frames", "fps", "size"], "clip_msg")
         wire(C["use_clip"].click, lambda *a: steps.use_clip(s, *a),
-             ["job", "clip_upload", "clip_pick", "start", "frames", "fps", "size", "resize_mode"],
+             ["job", "clip_upload", "clip_pick", "start", "frames", "fps", "size", "resize_mode", "length"],
              ["clip_msg", "clip_video", "clip_sheet", "mask_editor", "mask_video", "mask_sheet", "mask_msg"],
              "clip_msg")
         # 2. mask

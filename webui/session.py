@@ -17,6 +17,9 @@ from webui.tasks import Tasks
 from webui.workspace import PageError, Workspace, check_name
 
 FRAME_CHOICES = [4 * k + 1 for k in range(1, 21)]  # 5 .. 81 frames: 4k+1, the VAE's rule
+# A long clip (more frames than one window, made in chained windows): the page holds every frame of it at the
+# job's size in memory for its views, so it stops at 30 s at 16 fps; prepare.py --window has no such limit.
+MAX_LONG_FRAMES = 481
 
 
 @dataclass

@@ -17,7 +17,7 @@ import numpy as np
 from config.atomic import atomic_path
 from webui import media
 from webui.backend import JobInputs, prepare_command
-from webui.session import FRAME_CHOICES, Session, clip_defaults, copy_in, family_of, parse_size
+from webui.session import FRAME_CHOICES, MAX_LONG_FRAMES, Session, clip_defaults, copy_in, family_of, parse_size
 from webui.workspace import PageError
 
 REFERENCE_NAME = re.compile(r"^(\d+|t=\d+(\.\d+)?s?)$")
@@ -47,8 +47,22 @@ def _clip_source(s: Session, upload: str | None, pick: str | None) -> Path:
     raise PageError("upload a clip, or pick one from the workspace's videos/ folder")
 
 
+def long_clip(frames: int, length: float | None) -> tuple[int, int]:
+    """(window, total frames) of the page's "Frames" and "Long clip" fields: window 0 for a one-window job."""
+    if length is None or float(length) == 0:
+        return 0, frames
+    total = int(length)
+    if total != length or total <= frames:
+        raise PageError(f"long clip of {length:g} frames: a whole number above the window's {frames} frames "
+                        f"(0 makes a one-window job)")
+    if total > MAX_LONG_FRAMES:
+        raise PageError(f"long clip of {total} frames: the page makes up to {MAX_LONG_FRAMES}; for more run "
+                        f"prepare.py --window {frames} --frames {total}")
+    return frames, total
+
+
 def use_clip(s: Session, job: str | None, upload: str | None, pick: str | None, start: float, frames: int,
-             fps: float, size: str, resize_mode: str) -> dict:
+             fps: float, size: str, resize_mode: str, length: float | None = 0) -> dict:
     job = s.require_job(job)
     settings = s.ws.settings(job)
     if s.ws.is_job(job) and not settings.get("clip"):
@@ -68,7 +82,8 @@ def use_clip(s: Session, job: str | None, upload: str | None, pick: str | None, 
     w, h = parse_size(size)
     if resize_mode not in ("crop", "pad"):
         raise PageError(f"fit {resize_mode!r}: choose crop or pad")
-    media.check_window(facts, start, frames, fps, shown)
+    window, frames = long_clip(frames, length)
+    media.check_window(facts, start, frames, fps, shown, long=bool(window))
     changed = old is None or not filecmp.cmp(source, old["video"], shallow=False)
     if changed and s.ws.is_job(job):
         raise PageError(f"job {job} is made from {old['name']}; make a new job for another clip")
@@ -77,16 +92,22 @@ def use_clip(s: Session, job: str | None, upload: str | None, pick: str | None, 
         source = copy_in(Path(upload), s.ws.inputs_dir(job) / f"clip{Path(upload).suffix.lower()}")
     elif not changed:
         source, shown = Path(old["video"]), old["name"]
-    clip = {"video": str(source), "name": shown, "start": start, "frames": frames, "fps": fps, "size": [w, h],
-            "resize_mode": resize_mode, "source_size": [facts.width, facts.height], "duration": facts.duration}
+    clip = {"video": str(source), "name": shown, "start": start, "frames": frames, "window": window, "fps": fps,
+            "size": [w, h], "resize_mode": resize_mode, "source_size": [facts.width, facts.height],
+            "duration": facts.duration}
     changes: dict = {"clip": clip}
     if changed:  # another clip: a mask or an edited frame made for the old one no longer fits
         changes.update(mask=None, edit={k: v for k, v in (settings.get("edit") or {}).items()
                                          if k in ("caption", "edited_caption", "caption_model")})
     s.ws.save_settings(job, **changes)
     out = clip_view(s, job)
+    windows = ""
+    if window:
+        from datasets.windows import chain_windows  # imports torch: only for a long clip
+
+        windows = f" in {len(chain_windows(frames, window))} chained windows of {window}"
     out["clip_msg"] = (f"Clip {shown}: {facts.describe()}. The job takes {frames} frames at {fps:g} fps from "
-                       f"{start:g} s ({frames / fps:.2f} s), fitted to {w}x{h} by {resize_mode}.")
+                       f"{start:g} s ({frames / fps:.2f} s){windows}, fitted to {w}x{h} by {resize_mode}.")
     if changed or old["start"] != start:  # a new first frame to paint on (else the painting in progress stays)
         out["mask_editor"] = editor_value(s, job)
     return out
@@ -104,7 +125,8 @@ def _draft(s: Session, job: str, mask: Path | None, dilate: int | None = None, b
     c, m = st["clip"], st.get("mask") or {}
     return media.draft_overrides(Path(c["video"]), mask, c["start"], c["frames"], c["fps"], tuple(c["size"]),
                                  c["resize_mode"], m.get("dilate", 0) if dilate is None else dilate,
-                                 m.get("bbox", False) if bbox is None else bbox, family_of(s.model_of(job)))
+                                 m.get("bbox", False) if bbox is None else bbox, family_of(s.model_of(job)),
+                                 c.get("window", 0))
 
 
 def clip_view(s: Session, job: str) -> dict:
@@ -267,7 +289,8 @@ def make_job(s: Session, job: str | None, caption: str, edited_caption: str, cap
         raise PageError("choose the model folder (at the top of the page)")
     inp = JobInputs(
         video=Path(clip["video"]), edited_frame=Path(edit["edited"]), out=s.ws.job_dir(job),
-        model=s.ws.confine_model(model), start=clip["start"], frames=clip["frames"], fps=clip["fps"],
+        model=s.ws.confine_model(model), start=clip["start"], frames=clip["frames"], window=clip.get("window", 0),
+        fps=clip["fps"],
         size=tuple(clip["size"]), resize_mode=clip["resize_mode"], mask_mode=mask["mode"],
         mask=Path(mask["file"]) if mask.get("file") else None,
         sam2=Path(mask["sam2"]) if mask.get("sam2") else None,

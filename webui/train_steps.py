@@ -71,10 +71,11 @@ def start_training(s: Session, job: str | None, gpu_gb: float, profile: str, ste
         if not plan.fits:
             if not plan.advice:
                 raise PageError(f"nothing fits a {gpu_gb:g} GB GPU (see the plan): use a larger GPU or fewer frames")
-            frames = [a for a in plan.advice if a.startswith("data.frames=")]
-            if frames:
-                raise PageError(f"a {gpu_gb:g} GB GPU needs a shorter window ({frames[0]}): remake the job with "
-                                f"fewer frames in step 1")
+            # a long job's window is data.window, a one-window job's data.frames
+            shorter = [a for a in plan.advice if a.startswith(("data.frames=", "data.window="))]
+            if shorter:
+                raise PageError(f"a {gpu_gb:g} GB GPU needs a shorter window ({shorter[0]}): remake the job with "
+                                f"fewer frames (step 1's Frames)")
             overrides += plan.advice
     s.ws.save_settings(job, train={"gpu_gb": float(gpu_gb), "profile": profile, "steps": steps,
                                    "reference_steps": reference_steps, "launcher": launcher})

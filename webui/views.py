@@ -69,6 +69,12 @@ def _cli_job_compare(s: Session, job: str, info: JobInfo) -> str | None:
     return str(path)
 
 
+def _frame_fields(frames: int, window: int) -> dict:
+    """Step 1's "Frames" (one window) and "Long clip" (all frames, 0 for a one-window job) of a job."""
+    long = bool(window) and frames > window
+    return {"frames": window if long else frames, "length": frames if long else 0}
+
+
 def open_job(s: Session, job: str | None) -> dict:
     """Every field of the page for `job` (None: an empty page)."""
     if not job:
@@ -85,11 +91,12 @@ def open_job(s: Session, job: str | None) -> dict:
                                                            else [(model, model)]), value=model)
     clip = st.get("clip")
     if clip:
-        out.update(start=clip["start"], frames=clip["frames"], fps=clip["fps"],
+        out.update(start=clip["start"], **_frame_fields(clip["frames"], clip.get("window", 0)), fps=clip["fps"],
                    size=f"{clip['size'][0]}x{clip['size'][1]}", resize_mode=clip["resize_mode"],
                    clip_msg=f"Clip {clip['name']}.", mask_editor=steps.editor_value(s, job))
     elif info is not None:
-        out.update(start=info.data("start", 0.0), frames=info.data("frames"), fps=info.data("fps"),
+        out.update(start=info.data("start", 0.0), **_frame_fields(info.data("frames"), info.data("window", 0)),
+                   fps=info.data("fps"),
                    size=f"{info.data('width')}x{info.data('height')}", resize_mode=info.data("resize_mode", "crop"),
                    clip_msg="Made by prepare.py: the clip as the job holds it.", mask_editor=None)
     else:
