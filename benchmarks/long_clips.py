@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import toy_ablation, toy_metrics  # noqa: E402
+from config.atomic import write_atomic  # noqa: E402
 from examples.toy import jobs, world  # noqa: E402
 
 VARIANTS = {
@@ -155,9 +156,10 @@ def main(argv: list[str] | None = None) -> int:
             f"x {args.runs} seed(s); {args.infer_steps} sampling steps; LoRA: toy.toml's settings, every remedy off, "
             f"data.window = {world.FRAMES}; PSNR against the exact ground truth.\n\n" + table(rows, names, windows))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()},
-                                                       "seconds": time.perf_counter() - start, "rows": rows}, indent=1))
-    (args.out / "table.md").write_text(text)
+    settings = {k: str(v) for k, v in vars(args).items()}
+    write_atomic(args.out / "results.json",
+                 json.dumps({"settings": settings, "seconds": time.perf_counter() - start, "rows": rows}, indent=1))
+    write_atomic(args.out / "table.md", text)
     print(text)
     return 0
 

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import toy_ablation  # noqa: E402
+from config.atomic import write_atomic  # noqa: E402
 from engine.train.previews import AUTO_PREVIEWS, best_entry, early_stop_reason, schedule  # noqa: E402
 from examples.toy import jobs, world  # noqa: E402
 
@@ -193,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(wanted) - len(rows)} runs not finished yet")
     if rows:
         text = table(rows, patiences, args.every)
-        (work / "table.md").write_text(text + "\n")
+        write_atomic(work / "table.md", text + "\n")
         print(text)
     return 0
 

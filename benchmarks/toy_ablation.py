@@ -54,6 +54,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import toy_metrics  # noqa: E402
+from config.atomic import write_atomic  # noqa: E402
 from config.loader import load_config  # noqa: E402
 from examples.toy import jobs, world  # noqa: E402
 
@@ -264,9 +265,7 @@ def write_report(report: dict, out: Path) -> str:
         f"ground-truth clips (the ceiling): {report['vae_reconstruction_psnr']:.2f} dB.\n")
     out.mkdir(parents=True, exist_ok=True)
     for name, text in (("results.json", json.dumps(report, indent=1)), ("table.md", table)):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / name)
+        write_atomic(out / name, text)
     return table
 
 

@@ -30,6 +30,7 @@ import torch
 
 from benchmarks import toy_ablation as ablation
 from benchmarks import toy_metrics
+from config.atomic import write_atomic
 from engine.evaluate import metrics
 from examples.toy import world
 
@@ -90,11 +91,10 @@ def flow_losses(model: Path, seeds: list[int]) -> list[float]:
     return out
 
 
-def measure(model: Path, seeds: list[int], args: argparse.Namespace) -> dict:
+def measure(model: Path, seeds: list[int], args: argparse.Namespace, work: Path) -> dict:
     rows = {"vae": [], "prediction": [], "reversed caption": [], "repeat first": []}
     future = {k: [] for k in rows}  # per clip: PSNR of the MSE over frames 1..T-1, as the ablation scores
     follow = {"prediction": [], "reversed caption": []}
-    work = args.work / model.name
     cases = [world.edit_case(seed, world.EDIT_KINDS[i % len(world.EDIT_KINDS)]) for i, seed in enumerate(seeds)]
     recon = ablation.vae_frames(model, [c.source for c in cases])  # the VAE loaded once, clips in batches
     for i, (seed, case) in enumerate(zip(seeds, cases)):
@@ -147,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("DS_ACCELERATOR", "cpu")
     seeds = ablation.parse_range(args.seeds)
-    results = {os.path.relpath(m.resolve(), Path.cwd()): measure(m.resolve(), seeds, args) for m in args.models}
+    # each model its own work folder (two models may share a folder name)
+    results = {os.path.relpath(m.resolve(), Path.cwd()): measure(m.resolve(), seeds, args, args.work / f"{k}-{m.name}")
+               for k, m in enumerate(args.models)}
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "prior.json").write_text(json.dumps({"seeds": args.seeds, "results": results}, indent=1))
+    write_atomic(args.out / "prior.json", json.dumps({"seeds": args.seeds, "results": results}, indent=1))
     print(render(results))
     return 0
 

@@ -158,9 +158,10 @@ def _check_consistency(cfg: Config, origin: str) -> None:
         raise ConfigError(f"{origin}: training.clip_frames = {t.clip_frames} is not 4k+1")
     if t.low_cost and t.clip_overlap >= t.clip_frames:
         raise ConfigError(f"{origin}: training.clip_overlap must be below training.clip_frames")
-    if t.preview_frames and ((t.preview_frames - 1) % 4 or t.preview_frames > d.frames):
+    most = ("data.window", d.window) if d.window and d.frames > d.window else ("data.frames", d.frames)
+    if t.preview_frames and ((t.preview_frames - 1) % 4 or t.preview_frames > most[1]):
         raise ConfigError(f"{origin}: training.preview_frames = {t.preview_frames} must be 4k+1 and at most "
-                          f"data.frames ({d.frames}); 0 previews all of them")
+                          f"{most[0]} ({most[1]}); 0 previews all of them")
 
 
 def _check_window(cfg: Config, origin: str) -> None:

@@ -171,9 +171,11 @@ class TrainingConfig:
     )
     preview_steps: int = opt(10, "Sampler steps of a preview (cheap: inference.steps is for the result).", min=1,
                              max=1000)
-    preview_guidance: float = opt(1.0, "Guidance of a preview; 1 = one pass per step (no negative prompt).", min=0.0)
+    preview_guidance: float = opt(1.0, "Guidance of a preview (every expert's); 1 = one pass per step (no negative "
+                                       "prompt).", min=0.0)
     preview_step_cache: bool = opt(True, "Reuse transformer outputs across similar preview steps (faster).")
-    preview_frames: int = opt(0, "Frames of a preview (the window's first N, 4k+1); 0: all of the job's.", min=0,
+    preview_frames: int = opt(0, "Frames of a preview (the job's first N, 4k+1); 0: all of the job's (a long job: "
+                                 "its first window).", min=0,
                               max=81)
     preview_clip_model: str = opt("", "A local CLIP model folder: adds CLIP similarity of the edit region to the "
                                   "score.", path="in")

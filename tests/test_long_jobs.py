@@ -64,6 +64,7 @@ def test_overlap_blends_from_the_earlier_window_to_the_later():
     (["data.frames=33", "data.window=9", "inference.window_overlap=4"], "must be 1+4k"),
     (["data.frames=33", "data.window=9", "training.low_cost=true", "training.clip_frames=13"],
      "longer than data.window"),
+    (["data.frames=33", "data.window=9", "training.preview_frames=13"], "at most data.window (9)"),
     (["data.windw=9"], "unknown key 'data.windw'; did you mean 'window'"),  # unknown keys still error
 ])
 def test_long_job_config_errors_are_one_line(sets, message):
@@ -153,3 +154,32 @@ def test_long_job_resumes_to_the_same_lora(long_job, tmp_path):
     assert resumed.steps == 4 and resumed.run_dir == cut.run_dir
     a, b = load_file(full.lora), load_file(resumed.lora)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_previews_of_a_long_job_are_its_first_window(long_job, tmp_path):
+    """A long job's training previews generate its first window from the very sample chained inference makes first
+    (the edited first frame, the rest kept outside the mask, the same seed), so a preview shows window 1 of the result
+    the LoRA would give; they are scored and written like a one-window job's."""
+    from datasets.job import load_job
+    from engine.infer.chain import window_generation_sample
+    from engine.infer.generate import build_request, load_inputs
+    from engine.train.job import run_training
+    from engine.train.previews import Previews
+
+    cfg = load_config(long_job / "edit.toml", [f"output_dir='{tmp_path}'", "training.preview_every_n_steps=3",
+                                               "training.preview_steps=2"])
+    previews = Previews(cfg, main=True)
+    job = load_job(cfg, edited=True)
+    prompt = load_inputs(cfg, build_request(cfg, [])).sample.prompt
+    first = chain_windows(cfg.data.frames, cfg.data.window, cfg.inference.window_overlap)[0]
+    want = window_generation_sample(cfg, job, first, 0, prompt, cfg.inference.mask_preset, job.frames)
+    got = previews.sample
+    assert got.prompt == want.prompt and got.v_condition.shape[1] == cfg.data.window == 5
+    for name in ("v_condition", "m_condition", "clip_image"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert previews.request.seed == build_request(cfg, []).seed  # window 1 samples with the job's seed
+
+    result = run_training(cfg)
+    entries = [json.loads(x) for x in (result.run_dir / "previews" / "previews.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in entries] == [3] and entries[0]["combined"] is not None
+    assert media.probe_video(result.run_dir / "previews" / entries[0]["video"]).num_frames == 5

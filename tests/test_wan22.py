@@ -147,6 +147,41 @@ def test_each_step_trains_the_expert_its_timestep_belongs_to(trained, models):
     assert summary["experts"]["low_noise"]["timesteps"] == "low_noise (sampler timesteps t < 900)"
 
 
+def test_previews_sample_each_step_with_its_expert_in_one_pass(job, tmp_path, models):
+    """Training previews on a two-expert model go through the shared sampler: each preview step runs the expert of
+    its timestep, once (training.preview_guidance = 1 holds for both experts: no negative pass, no negative prompt
+    needed), and the previews land in the run folder."""
+    from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedding
+
+    from engine.train.job import run_training
+
+    seen: list[tuple[float, float]] = []
+
+    def record(module, args):  # noqa: ANN001, ANN202
+        if isinstance(module, WanTimeTextImageEmbedding):
+            seen.append((float(module.time_embedder.linear_1.weight.detach().double().sum()),
+                         float(args[0].reshape(-1)[0])))
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(record)
+    try:
+        result = run_training(config(job, tmp_path, "training.steps=2", "training.preview_every_n_steps=1",
+                                     f"training.preview_steps={STEPS}"), progress=False)
+    finally:
+        handle.remove()
+    entries = [json.loads(x) for x in (result.run_dir / "previews" / "previews.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in entries] == [1, 2]
+    assert all((result.run_dir / "previews" / e["video"]).is_file() for e in entries)
+    by_weights = _expert_by_weights(models)
+    ran = [(by_weights[key], t) for key, t in seen]
+    assert len(ran) == 2 * (1 + STEPS)  # per training step: its pass, then the preview's STEPS passes
+    for k in (1, 2 + STEPS):
+        preview = ran[k:k + STEPS]
+        times = [t for _, t in preview]
+        assert times == sorted(times, reverse=True) and len(set(times)) == STEPS, times
+        assert all((t >= BOUNDARY) == (e == "high_noise") for e, t in preview), preview
+        assert {e for e, _ in preview} == {"high_noise", "low_noise"}
+
+
 def test_training_one_expert_leaves_the_other_without_a_lora(job, tmp_path, models):
     from diffusers.models.transformers.transformer_wan import WanTimeTextImageEmbedding
 

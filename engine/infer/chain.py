@@ -22,8 +22,9 @@ import torch
 
 from config.progress import Progress, ProgressEvent, as_progress, report
 from config.schema import Config
+from datasets.job import Job
 from datasets.preview import to_uint8
-from datasets.samples import with_fill
+from datasets.samples import Sample, with_fill
 from datasets.windows import Window, chain_windows, is_long, window_sample
 from engine.encode.cache import EncodeCache, fingerprint
 from engine.infer.generate import Generation, Inputs, Request, apply_loras, generate, load_inputs
@@ -69,6 +70,24 @@ def generate_job(cfg: Config, request: Request, device: torch.device | None = No
     return generate(cfg, request, device, progress, inputs)
 
 
+def window_generation_sample(cfg: Config, job: Job, w: Window, k: int, prompt: str, preset: str,
+                             carried: np.ndarray) -> Sample:
+    """Window k's generation sample: window 1 starts from the edited first frame, a later one takes its shared
+    frames whole from `carried` (their kept region back on the source's pixels with window_anchor = "source");
+    the rest is kept outside the mask, as in training."""
+    condition = job.frames.copy()
+    if k == 0:
+        condition[0] = job.edited_first
+    else:
+        head = slice(w.start, w.start + w.head)
+        condition[head] = carried[head]
+        if cfg.inference.window_anchor == "source":  # the carried frames' background back on the source's pixels
+            keep = ~job.edit_mask[head]
+            condition[head][keep] = job.frames[head][keep]
+    sample = window_sample(job.frames, job.edit_mask, w, prompt, kind="inference", condition=condition, preset=preset)
+    return with_fill(dataclasses.replace(sample, name=f"inference_window_{k}"), cfg.data.condition_fill, cfg.seed)
+
+
 def generate_chained(cfg: Config, request: Request, device: torch.device | None = None,
                      progress: Progress | None = None, inputs: Inputs | None = None,
                      carried_from: np.ndarray | None = None,
@@ -90,25 +109,15 @@ def generate_chained(cfg: Config, request: Request, device: torch.device | None 
     adapter = make_adapter(cfg.model, device)
     identity = adapter.weights_identity()
     cache = EncodeCache(d.cache_dir)
-    guided = any(request.sampler.guidance_for(e) > 1.0 for e in adapter.experts())
+    guided = request.sampler.guided(adapter.experts())
     scheduler_config = family(cfg.model.type).scheduler_config_for(cfg.model.ckpt_path)
     result = np.zeros_like(job.frames)
     loaded = False
     for k, w in enumerate(windows):
         wp = window_progress(progress, k, len(windows))
         t0 = time.perf_counter()
-        condition = job.frames.copy()
-        if k == 0:
-            condition[0] = job.edited_first
-        else:
-            head = slice(w.start, w.start + w.head)
-            condition[head] = (result if carried_from is None else carried_from)[head]
-            if inf.window_anchor == "source":  # the carried frames' background back on the source's pixels
-                keep = ~job.edit_mask[head]
-                condition[head][keep] = job.frames[head][keep]
-        sample = window_sample(job.frames, job.edit_mask, w, whole.prompt, kind="inference", condition=condition,
-                               preset=request.preset)
-        sample = with_fill(dataclasses.replace(sample, name=f"inference_window_{k}"), d.condition_fill, cfg.seed)
+        sample = window_generation_sample(cfg, job, w, k, whole.prompt, request.preset,
+                                          result if carried_from is None else carried_from)
         encoded, negative = encode_with_negative(adapter, sample, cache, d.latent_mask,
                                                  request.negative_prompt if guided else None, wp)
         seconds["encode"] += time.perf_counter() - t0

@@ -243,9 +243,9 @@ def generate(cfg: Config, request: Request, device: torch.device | None = None, 
     adapter = make_adapter(cfg.model, device)
     identity = adapter.weights_identity()
     cache = EncodeCache(cfg.data.cache_dir)
-    guided = any(request.sampler.guidance_for(e) > 1.0 for e in adapter.experts())
     encoded, negative = encode_with_negative(adapter, sample, cache, cfg.data.latent_mask,
-                                             request.negative_prompt if guided else None, progress)
+                                             request.negative_prompt if request.sampler.guided(adapter.experts())
+                                             else None, progress)
     adapter.unload()  # encoders out before the transformer comes in
     seconds["encode"] = time.perf_counter() - t0
 

@@ -11,7 +11,7 @@ diffusers' `HunyuanVideoImageToVideoPipeline`'s (Euler with its sigmas, start la
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +49,10 @@ class SamplerSettings:
 
     def guidance_for(self, expert: Expert) -> float:
         return self.expert_guidance.get(expert.name, self.guidance)
+
+    def guided(self, experts: Sequence[Expert]) -> bool:
+        """Whether any of the experts runs a negative pass (and so needs the negative prompt encoded)."""
+        return any(self.guidance_for(e) > 1.0 for e in experts)
 
 
 def base_scheduler_config(ckpt_path: str | Path | None, model_type: str = DEFAULT_FAMILY) -> dict:
@@ -128,7 +132,7 @@ def sample(
     experts = adapter.experts()
     scales = {e.name: settings.guidance_for(e) for e in experts}
     device = adapter.device
-    if any(g > 1.0 for g in scales.values()) and negative_text is None:
+    if settings.guided(experts) and negative_text is None:
         raise ValueError("guidance > 1 needs the negative prompt embedding")
     cond = cond.to(device)
     uncond = None

@@ -122,9 +122,6 @@ def make_previews(cfg: Config, dist: dist_utils.Dist) -> Previews | None:
         warnings.warn("training previews need the whole transformer on one rank: off with training.pipeline_stages "
                       f"= {cfg.training.pipeline_stages}", stacklevel=2)
         return None
-    if cfg.data.window:  # a preview samples one window; a long job's result is chained (engine/infer/chain.py)
-        warnings.warn("training previews are not made for long jobs (data.window): off", stacklevel=2)
-        return None
     return Previews(cfg, dist.is_main)
 
 

@@ -41,6 +41,7 @@ import media
 from config.atomic import atomic_path, trim_jsonl
 from config.progress import Progress, report
 from config.schema import Config
+from datasets.windows import is_long
 from engine.encode.cache import EncodeCache
 from engine.encode.samples import encode_with_negative
 from engine.evaluate import metrics as M
@@ -138,7 +139,7 @@ class Previews:
     def encode(self, adapter, cache: EncodeCache, progress: Progress | None = None) -> None:  # noqa: ANN001
         """The preview's encoded sample and, with guidance, its negative prompt: cache hits when encode_job passed
         `sample` along with the training samples (the negative prompt is encoded here the first time)."""
-        guided = self.request.sampler.guidance > 1.0
+        guided = self.request.sampler.guided(adapter.experts())
         self.encoded, self.negative = encode_with_negative(
             adapter, self.sample, cache, self.cfg.data.latent_mask,
             self.request.negative_prompt if guided else None, progress)
@@ -253,9 +254,14 @@ def preview_config(cfg: Config) -> Config:
     t = cfg.training
     out = copy.deepcopy(cfg)
     out.inference.steps, out.inference.guidance = t.preview_steps, t.preview_guidance
+    if out.inference.guidance_2:  # a second expert's own guidance (the loader resolved it): the preview's too
+        out.inference.guidance_2 = t.preview_guidance
     out.inference.step_cache = t.preview_step_cache
-    if t.preview_frames:
-        out.data.frames = t.preview_frames
+    d = out.data
+    if is_long(d.frames, d.window):  # a long job: its first window, the one chained inference makes from the edit
+        d.frames, d.window = t.preview_frames or d.window, 0
+    elif t.preview_frames:
+        d.frames = t.preview_frames
     return out
 
 
