@@ -77,6 +77,25 @@ def test_short_ablation_run_writes_the_table_and_grid(tmp_path):
     assert again.returncode == 0 and "[1/" not in again.stdout
 
 
+def test_prior_benchmark_scores_the_base_model_against_its_baselines(tmp_path):
+    """benchmarks/toy_prior.py on one held-out clip: per-frame PSNR of the VAE, the prediction (true and reversed
+    caption) and repeating frame 0, motion followed and flow losses, in prior.json and the printed table."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "benchmarks.toy_prior", "--seeds", "1000000:1000001", "--infer-steps", "2",
+           "--loss-clips", "2", "--threads", "1", "--out", str(out), "--work", str(tmp_path / "work")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    (name, r), = json.loads((out / "prior.json").read_text())["results"].items()
+    assert name.endswith("model") and "| model | motion followed" in proc.stdout
+    per = r["per_frame_psnr"]
+    assert set(per) == {"vae", "prediction", "reversed caption", "repeat first"}
+    assert all(len(v) == 8 for v in per.values())  # frames 1..8
+    # the VAE's round trip is the ceiling, well above repeating frame 0 on a moving clip
+    assert r["future_psnr"]["vae"] > r["future_psnr"]["repeat first"] + 3
+    assert all(len(v) == 3 and all(0 < x < 2 for x in v) for v in r["flow_loss"].values())
+
+
 def test_toy_toml_ships_the_settings_the_ablation_measures_as_the_recolor_remedy():
     """The README's toy table reports examples/toy.toml's settings through the rows of toy_ablation.RECOLOR."""
     from benchmarks import toy_ablation
