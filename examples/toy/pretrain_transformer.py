@@ -138,7 +138,7 @@ def train(data: dict, args: argparse.Namespace) -> torch.nn.Module:
         idx = torch.randint(0, n, (args.batch,), generator=gen)
         x0 = data["x0"][idx]
         noise = torch.randn(x0.shape, generator=gen)
-        s = sample_time(args.batch, "logit_normal", generator=gen)
+        s = sample_time(args.batch, "logit_normal", shift=args.shift, generator=gen)
         xs, target = noisy_latents(x0, noise, s)
         c = Conditioning(data["cond"][idx], padded_text(data["texts"][data["text_index"][idx]]), data["image"][idx])
         for g in opt.param_groups:
@@ -167,14 +167,14 @@ def train(data: dict, args: argparse.Namespace) -> torch.nn.Module:
     return ema
 
 
-def export(ema: torch.nn.Module | None, dtype: torch.dtype) -> None:
+def export(ema: torch.nn.Module | None, dtype: torch.dtype, out: Path = MODEL_DIR) -> None:
     if ema is None:  # --export-only: the EMA weights of the last checkpoint
         state = load_checkpoint(WORK / "transformer.pt")
         ema = WanAdapter(STAGE_DIR, dtype=torch.float32).weights.transformer(torch.float32)
         ema.load_state_dict(state["ema"])
     vae = WanAdapter(STAGE_DIR, dtype=torch.float32).weights.vae(torch.float32)  # the VAE with its statistics
-    write_model_folder(MODEL_DIR, vae, ema.requires_grad_(False), dtype=dtype)
-    print(f"wrote {MODEL_DIR} ({folder_size(MODEL_DIR) / 2**20:.1f} MiB)", flush=True)
+    write_model_folder(out, vae, ema.requires_grad_(False), dtype=dtype)
+    print(f"wrote {out} ({folder_size(out) / 2**20:.1f} MiB)", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--shift", type=float, default=1.0,
+                    help="shift of the logit-normal flow times (t' = shift*t / (1 + (shift-1)*t)); above 1 trains the "
+                         "high-noise times, where a clip's layout and motion are decided, more often")
     ap.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="exported transformer dtype")
+    ap.add_argument("--out", type=Path, default=MODEL_DIR, help="model folder to write (default: the committed one)")
     ap.add_argument("--export-only", action="store_true", help="write the model from the last checkpoint and stop")
     ap.add_argument("--init-from", type=Path, default=None,
                     help="an exported toy model folder to continue pretraining from (instead of vae_final.pt "
@@ -193,11 +197,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
     if args.export_only:
-        export(None, dtype)
+        export(None, dtype, args.out)
         return 0
     bank, captions = clip_bank()
     data = prepare(bank, captions, args.init_from)
-    export(train(data, args), dtype)
+    export(train(data, args), dtype, args.out)
     return 0
 
 
