@@ -220,9 +220,9 @@ def build(s: Session) -> gr.Blocks:
         wire(C["model"].change, lambda job, m: _set_model(s, job, m), ["job", "model"], ["job_status"], "job_status")
         # 1. clip
         wire(C["clip_upload"].upload, lambda job, up: steps.inspect_clip(s, job, up, None), ["job", "clip_upload"],
-             ["clip_msg", "frames", "fps", "size"], "clip_msg", clear="clip_upload")
+             ["clip_msg", "frames", "length", "fps", "size"], "clip_msg", clear="clip_upload")
         wire(C["clip_pick"].input, lambda job, p: steps.inspect_clip(s, job, None, p), ["job", "clip_pick"],
-             ["clip_msg", "frames", "fps", "size"], "clip_msg")
+             ["clip_msg", "frames", "length", "fps", "size"], "clip_msg")
         wire(C["use_clip"].click, lambda *a: steps.use_clip(s, *a),
              ["job", "clip_upload", "clip_pick", "start", "frames", "fps", "size", "resize_mode", "length"],
              ["clip_msg", "clip_video", "clip_sheet", "mask_editor", "mask_video", "mask_sheet", "mask_msg"],

@@ -36,7 +36,7 @@ def inspect_clip(s: Session, job: str | None, upload: str | None, pick: str | No
     facts = media.check_video(source, s.limits.max_video_bytes, _shown(upload) if upload else pick)
     d = clip_defaults(s.model_of(job), facts.width, facts.height)
     return {"clip_msg": f"{_shown(source)}: {facts.describe()}. Choose the window, then 'Use this clip'.",
-            "frames": d["frames"], "fps": d["fps"], "size": d["size"]}
+            "frames": d["frames"], "length": 0, "fps": d["fps"], "size": d["size"]}
 
 
 def _clip_source(s: Session, upload: str | None, pick: str | None) -> Path:
