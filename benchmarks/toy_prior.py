@@ -113,6 +113,7 @@ def measure(model: Path, seeds: list[int], args: argparse.Namespace, work: Path)
         print(f"[{i + 1}/{len(seeds)}] {model.name} clip {seed}", flush=True)
     return {"per_frame_psnr": {k: np.mean(v, axis=0).tolist() for k, v in rows.items()},
             "future_psnr": {k: float(np.mean(v)) for k, v in future.items()},
+            "future_psnr_per_clip": {k: [float(x) for x in v] for k, v in future.items()},
             "motion_followed": {k: [float(np.mean(v)), len(v)] for k, v in follow.items()},
             "flow_loss": {"pretraining": flow_losses(model, list(range(args.loss_clips))),
                           "held-out": flow_losses(model, list(range(world.HELDOUT_SEED0,
@@ -131,6 +132,17 @@ def render(results: dict[str, dict]) -> str:
         lines.append(f"| {model} | {m['prediction'][0]:+.2f} (n={m['prediction'][1]}) | "
                      f"{m['reversed caption'][0]:+.2f} | {' / '.join(f'{v:.4f}' for v in loss['pretraining'])} | "
                      f"{' / '.join(f'{v:.4f}' for v in loss['held-out'])} |")
+    lines += ["", "Future frames, paired by clip:"]
+    per_clip = {m: {k: np.array(v) for k, v in r["future_psnr_per_clip"].items()} for m, r in results.items()}
+    for model, r in per_clip.items():
+        gain = r["prediction"] - r["repeat first"]
+        lines.append(f"- {model}: prediction - repeat first {gain.mean():+.2f} dB, better in "
+                     f"{int((gain > 0).sum())}/{len(gain)} clips")
+    names = list(per_clip)
+    for a, b in zip(names, names[1:]):
+        gain = per_clip[b]["prediction"] - per_clip[a]["prediction"]
+        lines.append(f"- {b} - {a}: prediction {gain.mean():+.2f} dB, better in {int((gain > 0).sum())}/{len(gain)} "
+                     f"clips")
     return "\n".join(lines)
 
 

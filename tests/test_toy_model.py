@@ -94,6 +94,8 @@ def test_prior_benchmark_scores_the_base_model_against_its_baselines(tmp_path):
     # the VAE's round trip is the ceiling, well above repeating frame 0 on a moving clip
     assert r["future_psnr"]["vae"] > r["future_psnr"]["repeat first"] + 3
     assert all(len(v) == 3 and all(0 < x < 2 for x in v) for v in r["flow_loss"].values())
+    assert [len(v) for v in r["future_psnr_per_clip"].values()] == [1] * 4
+    assert "prediction - repeat first" in proc.stdout and "better in" in proc.stdout
 
 
 def test_toy_toml_ships_the_settings_the_ablation_measures_as_the_recolor_remedy():
