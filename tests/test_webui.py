@@ -321,6 +321,18 @@ def test_training_stops_and_resumes_through_the_page(tmp_path: Path, session: Se
     assert f'value="{total}" max="{total}"' in view["train_progress"] and len(view["loss"]) >= total
 
 
+def _edit_blue_and_make_job(session: Session, job: str, region: tuple[slice, slice]) -> None:
+    """Step 3 on CLIP: its first frame painted blue in `region` as the edit, then "Make the job", waited for."""
+    edited = media.first_frame(CLIP, 0.0).copy()
+    edited[region] = (0, 0, 255)
+    path = session.ws.root / "videos" / "edited.png"
+    Image.fromarray(edited).save(path)
+    steps.use_edited(session, job, str(path))
+    steps.make_job(session, job, "a red ball rolls", "a blue ball rolls", None)
+    task = _wait(session.tasks, job, "prepare", 600)
+    assert task.state == "done", task.tail()
+
+
 def test_a_job_tracked_by_sam2_from_clicks_in_the_page(session: Session):
     """SAM2 mode: the weights folder must be in the workspace (or a --model-dir); the clicks (source pixels)
     go to prepare.py, whose job then holds SAM2's tracked masks. Random tiny weights: the plumbing is checked."""
@@ -335,14 +347,7 @@ def test_a_job_tracked_by_sam2_from_clicks_in_the_page(session: Session):
     assert points == [[40.0, 175.0, 1], [300.0, 60.0, 0]]
     out = steps.save_mask(session, job, "sam2", None, None, str(weights), points, 0, False)
     assert "by SAM2 from your points" in out["mask_msg"]
-    edited = media.first_frame(CLIP, 0.0).copy()
-    edited[160:190, 20:60] = (0, 0, 255)
-    path = ws.root / "videos" / "edited.png"
-    Image.fromarray(edited).save(path)
-    steps.use_edited(session, job, str(path))
-    steps.make_job(session, job, "a red ball rolls", "a blue ball rolls", None)
-    task = _wait(session.tasks, job, "prepare", 600)
-    assert task.state == "done", task.tail()
+    _edit_blue_and_make_job(session, job, (slice(160, 190), slice(20, 60)))
     manifest = json.loads((ws.job_dir(job) / "manifest.json").read_text())
     assert manifest["stages"]["masks"]["meta"]["kind"] == "sam2"
     assert len(list((ws.job_dir(job) / "masks").glob("*.png"))) == 5
@@ -369,14 +374,7 @@ def test_a_long_clip_becomes_a_job_in_chained_windows(session: Session):
     stroke[130:220, :, 3] = 255  # the ball's whole path on the lawn
     out = steps.save_mask(session, job, "paint", {"background": bg, "layers": [stroke]}, None, None, [], 0, False)
     assert probe_video(out["mask_video"]).num_frames == 21
-    edited = media.first_frame(CLIP, 0.0).copy()
-    edited[150:200, 5:110] = (0, 0, 255)
-    path = ws.root / "videos" / "edited.png"
-    Image.fromarray(edited).save(path)
-    steps.use_edited(session, job, str(path))
-    steps.make_job(session, job, "a red ball rolls", "a blue ball rolls", None)
-    task = _wait(session.tasks, job, "prepare", 600)
-    assert task.state == "done", task.tail()
+    _edit_blue_and_make_job(session, job, (slice(150, 200), slice(5, 110)))
     info = session.job_info(job)
     assert (info.data("frames"), info.data("window")) == (21, 5)
     assert len(list((ws.job_dir(job) / "masks").glob("*.png"))) == 21
